@@ -1,0 +1,1 @@
+"""Analyses passes share: dependency groups, FLOPs, quantization regions, sensitivity."""

@@ -1,0 +1,267 @@
+"""Streaming histogram and the threshold searches over it (numba kernels + plain numpy twins for tests).
+
+The histogram is symmetric about zero: ``2 * bins`` equal bins over ``[-R, R]``, so folding it gives the
+``bins``-bin histogram of ``|x|`` over ``[0, R]`` exactly. ``R`` starts at the first sample's ``max |x|`` and
+doubles whenever a sample exceeds it; doubling merges neighbouring bin pairs (edges stay aligned, so the
+merged histogram equals one computed over the final range in one go, up to floating-point edge ties).
+Memory is ``2 * bins`` counters whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "StreamingHistogram",
+    "entropy_search",
+    "entropy_search_numpy",
+    "mse_search",
+    "mse_search_numpy",
+    "scan",
+]
+
+
+@njit(cache=True, nogil=True)
+def _scan(x):  # pragma: no cover - jitted
+    mn = np.inf
+    mx = -np.inf
+    sabs = 0.0
+    bad = 0
+    for i in range(x.size):
+        v = x[i]
+        if not np.isfinite(v):
+            bad += 1
+            continue
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+        sabs += abs(v)
+    return float(mn), float(mx), sabs, bad
+
+
+@njit(cache=True, nogil=True)
+def _bin(x, hist, r):  # pragma: no cover - jitted
+    nb = hist.size
+    half = nb // 2
+    scale = half / r
+    for i in range(x.size):
+        v = x[i]
+        if not np.isfinite(v):
+            continue
+        k = int(math.floor(v * scale)) + half
+        if k < 0:
+            k = 0
+        elif k >= nb:
+            k = nb - 1
+        hist[k] += 1
+
+
+def scan(x: np.ndarray) -> tuple[float, float, float, int]:
+    """(min, max, sum |x|, count of NaN/inf) of the finite values of a flat float array, in one pass."""
+    return _scan(x)
+
+
+class StreamingHistogram:
+    """Histogram of a stream of float arrays over ``[-R, R]`` with ``2 * bins`` bins; ``R`` doubles as needed."""
+
+    def __init__(self, bins: int = 2048):
+        if bins < 2 or bins % 2:
+            raise ValueError(f"bins must be an even number >= 2, got {bins}")
+        self.bins = bins
+        self.counts = np.zeros(2 * bins, dtype=np.int64)
+        self.range = 0.0  # R; 0 until a nonzero value arrives
+        self._zeros = 0  # zeros seen while R == 0
+
+    def update(self, flat: np.ndarray, absmax: float | None = None) -> None:
+        """Add a flat float32/float64 array; ``absmax`` (max |x| over its finite values) if already known."""
+        if absmax is None:
+            mn, mx, _, _ = _scan(flat)
+            absmax = max(abs(mn), abs(mx)) if mn <= mx else 0.0
+        if absmax == 0.0:
+            if self.range == 0.0:
+                self._zeros += int(np.count_nonzero(flat == 0))
+                return
+        elif self.range == 0.0:
+            self.range = float(absmax)
+            self.counts[self.bins] += self._zeros
+            self._zeros = 0
+        while absmax > self.range:
+            self._double()
+        _bin(flat, self.counts, self.range)
+
+    def _double(self) -> None:
+        merged = self.counts.reshape(-1, 2).sum(axis=1)
+        self.counts[:] = 0
+        q = self.bins // 2
+        self.counts[q : q + self.bins] = merged
+        self.range *= 2.0
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum()) + self._zeros
+
+    @property
+    def width(self) -> float:
+        """Bin width (0 while nothing nonzero has been seen)."""
+        return self.range / self.bins
+
+    def signed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(counts, edges) over [-R, R]."""
+        edges = np.linspace(-self.range, self.range, 2 * self.bins + 1)
+        counts = self.counts.copy()
+        counts[self.bins] += self._zeros
+        return counts, edges
+
+    def absolute(self) -> np.ndarray:
+        """Counts of |x| over ``bins`` bins of [0, R] (bin k covers [k w, (k+1) w))."""
+        out = self.counts[self.bins :] + self.counts[: self.bins][::-1]
+        out[0] += self._zeros
+        return out
+
+
+@njit(cache=True, nogil=True)
+def _entropy_search(hist, start, levels):  # pragma: no cover - jitted
+    n = hist.size
+    suffix = np.zeros(n + 1)
+    for k in range(n - 1, -1, -1):
+        suffix[k] = suffix[k + 1] + hist[k]
+    p = np.empty(n)
+    q = np.empty(n)
+    best_i = n
+    best_kl = np.inf
+    for i in range(start, n + 1):
+        psum = 0.0
+        for k in range(i):
+            p[k] = hist[k]
+        p[i - 1] += suffix[i]
+        for k in range(i):
+            psum += p[k]
+        qsum = 0.0
+        for j in range(levels):
+            a = (j * i) // levels
+            b = ((j + 1) * i) // levels
+            s = 0.0
+            nz = 0
+            for k in range(a, b):
+                s += hist[k]
+                if hist[k] > 0:
+                    nz += 1
+            for k in range(a, b):
+                if hist[k] > 0:
+                    q[k] = s / nz
+                else:
+                    q[k] = 0.0
+            qsum += s
+        if psum == 0.0 or qsum == 0.0:
+            continue
+        kl = 0.0
+        ok = True
+        for k in range(i):
+            if p[k] > 0:
+                if q[k] == 0.0:
+                    ok = False
+                    break
+                pk = p[k] / psum
+                kl += pk * math.log(pk / (q[k] / qsum))
+        if ok and kl < best_kl:
+            best_kl = kl
+            best_i = i
+    return best_i, best_kl
+
+
+def entropy_search(hist: np.ndarray, start: int = 128, levels: int = 128) -> tuple[int, float]:
+    """TensorRT-style KL search over an |x| histogram: (number of bins kept, its KL divergence).
+
+    For each candidate ``i`` in ``[start, len(hist)]`` the reference ``p`` is ``hist[:i]`` with everything
+    above folded into its last bin; the candidate ``q`` merges ``hist[:i]`` into ``levels`` chunks and spreads
+    each chunk's count evenly over the chunk's nonempty bins. The smallest KL(p || q) wins (first on ties);
+    a candidate where ``q`` is 0 where ``p`` is not has infinite KL. The threshold is ``i`` bin widths.
+    """
+    if start < levels:
+        raise ValueError(f"start ({start}) must be at least levels ({levels})")
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    if start > h.size:
+        return h.size, 0.0
+    i, kl = _entropy_search(h, start, levels)
+    return int(i), float(kl)
+
+
+def entropy_search_numpy(hist: np.ndarray, start: int = 128, levels: int = 128) -> tuple[int, float]:
+    """The same search as ``entropy_search`` in plain numpy (slow; for tests)."""
+    h = np.asarray(hist, dtype=np.float64)
+    n = h.size
+    best_i, best_kl = n, np.inf
+    for i in range(start, n + 1):
+        p = h[:i].copy()
+        p[-1] += h[i:].sum()
+        bounds = (np.arange(levels + 1) * i) // levels
+        chunk = np.repeat(np.arange(levels), np.diff(bounds))
+        sums = np.bincount(chunk, weights=h[:i], minlength=levels)
+        nz = np.bincount(chunk, weights=(h[:i] > 0).astype(np.float64), minlength=levels)
+        q = np.where(h[:i] > 0, sums[chunk] / np.maximum(nz[chunk], 1), 0.0)
+        if p.sum() == 0 or q.sum() == 0:
+            continue
+        mask = p > 0
+        if np.any(q[mask] == 0):
+            continue
+        pn = p[mask] / p.sum()
+        kl = float(np.sum(pn * np.log(pn / (q[mask] / q.sum()))))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return best_i, best_kl
+
+
+@njit(cache=True, nogil=True)
+def _mse_search(hist, levels, start):  # pragma: no cover - jitted
+    n = hist.size
+    best_i = n
+    best = np.inf
+    for i in range(start, n + 1):
+        t = float(i)  # in units of bin width
+        step = t / levels
+        err = 0.0
+        for k in range(n):
+            if hist[k] == 0:
+                continue
+            c = k + 0.5
+            if c >= t:
+                e = c - t
+            else:
+                e = c - np.round(c / step) * step
+            err += hist[k] * e * e
+        if err < best:
+            best = err
+            best_i = i
+    return best_i, best
+
+
+def mse_search(hist: np.ndarray, levels: int = 127, start: int = 1) -> tuple[int, float]:
+    """Threshold (in bins) minimising the expected squared error of quantizing |x| to ``levels`` steps.
+
+    A value in bin ``k`` is represented by the bin centre; below the threshold ``t`` it rounds to the
+    nearest multiple of ``t / levels``, above it clips to ``t``. Returns (bins kept, error in bin widths^2
+    summed over counts).
+    """
+    h = np.ascontiguousarray(hist, dtype=np.float64)
+    i, err = _mse_search(h, levels, max(1, start))
+    return int(i), float(err)
+
+
+def mse_search_numpy(hist: np.ndarray, levels: int = 127, start: int = 1) -> tuple[int, float]:
+    """The same search as ``mse_search`` in plain numpy (for tests)."""
+    h = np.asarray(hist, dtype=np.float64)
+    n = h.size
+    c = np.arange(n) + 0.5
+    best_i, best = n, np.inf
+    for i in range(max(1, start), n + 1):
+        t = float(i)
+        step = t / levels
+        e = np.where(c >= t, c - t, c - np.round(c / step) * step)
+        err = float(np.sum(h * e * e))
+        if err < best:
+            best_i, best = i, err
+    return best_i, best

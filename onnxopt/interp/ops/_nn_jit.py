@@ -1,0 +1,154 @@
+"""Numba-jitted hot loops of the NN kernels (conv im2col / col2im, depthwise conv, pooling, requantize).
+
+Every jitted function here works on 3-D spatial data (1-D and 2-D callers add unit dims) and has a plain
+numpy counterpart in :mod:`onnxopt.interp.ops._nn_np`; the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def im2col3d(x, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, od, oh, ow):  # pragma: no cover - jitted
+    """x: (C, D, H, W) -> cols (C*kd*kh*kw, od*oh*ow), zeros where the window reads padding."""
+    C, D, H, W = x.shape
+    cols = np.zeros((C * kd * kh * kw, od * oh * ow), dtype=x.dtype)
+    for c in range(C):
+        for a in range(kd):
+            for b in range(kh):
+                for e in range(kw):
+                    row = ((c * kd + a) * kh + b) * kw + e
+                    for z in range(od):
+                        iz = z * sd - pd + a * dd
+                        if iz < 0 or iz >= D:
+                            continue
+                        for y in range(oh):
+                            iy = y * sh - ph + b * dh
+                            if iy < 0 or iy >= H:
+                                continue
+                            base = (z * oh + y) * ow
+                            ix0 = -pw + e * dw
+                            for xo in range(ow):
+                                ix = ix0 + xo * sw
+                                if 0 <= ix < W:
+                                    cols[row, base + xo] = x[c, iz, iy, ix]
+    return cols
+
+
+@numba.njit(cache=True, nogil=True)
+def col2im3d(cols, M, D, H, W, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, idd, ih, iw):  # pragma: no cover
+    """Transpose of im2col: cols (M*kd*kh*kw, idd*ih*iw) scattered-added into out (M, D, H, W)."""
+    out = np.zeros((M, D, H, W), dtype=cols.dtype)
+    for m in range(M):
+        for a in range(kd):
+            for b in range(kh):
+                for e in range(kw):
+                    row = ((m * kd + a) * kh + b) * kw + e
+                    for z in range(idd):
+                        oz = z * sd - pd + a * dd
+                        if oz < 0 or oz >= D:
+                            continue
+                        for y in range(ih):
+                            oy = y * sh - ph + b * dh
+                            if oy < 0 or oy >= H:
+                                continue
+                            base = (z * ih + y) * iw
+                            for xi in range(iw):
+                                ox = xi * sw - pw + e * dw
+                                if 0 <= ox < W:
+                                    out[m, oz, oy, ox] += cols[row, base + xi]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def depthwise2d(xp, w, mult, sh, sw, dh, dw, oh, ow):  # pragma: no cover - jitted
+    """xp: padded (C, Hp, Wp); w: (C*mult, kh, kw) -> (C*mult, oh, ow). Output channel m reads channel m//mult."""
+    M, kh, kw = w.shape
+    out = np.zeros((M, oh, ow), dtype=xp.dtype)
+    for m in range(M):
+        c = m // mult
+        for b in range(kh):
+            for e in range(kw):
+                wv = w[m, b, e]
+                for y in range(oh):
+                    iy = y * sh + b * dh
+                    ix0 = e * dw
+                    for xo in range(ow):
+                        out[m, y, xo] += wv * xp[c, iy, ix0 + xo * sw]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def pool3d(x, mode, p, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, ed, eh, ew, od, oh, ow, col_major):
+    """Pooling over x: (NC, D, H, W). mode 0 max (also returns indices), 1 average counting the pads,
+    2 average without pads, 3 Lp with exponent p. ``e*`` are the end pads (for count_include_pad)."""  # noqa: D205
+    NC, D, H, W = x.shape
+    out = np.zeros((NC, od, oh, ow), dtype=x.dtype)
+    idx = np.zeros((NC, od, oh, ow), dtype=np.int64) if mode == 0 else np.zeros((1, 1, 1, 1), dtype=np.int64)
+    for n in range(NC):
+        for z in range(od):
+            for y in range(oh):
+                for xo in range(ow):
+                    best = -np.inf
+                    bi = -1
+                    acc = 0.0
+                    cnt = 0
+                    cntpad = 0
+                    for a in range(kd):
+                        iz = z * sd - pd + a * dd
+                        if iz < -pd or iz >= D + ed:
+                            continue
+                        for b in range(kh):
+                            iy = y * sh - ph + b * dh
+                            if iy < -ph or iy >= H + eh:
+                                continue
+                            for e in range(kw):
+                                ix = xo * sw - pw + e * dw
+                                if ix < -pw or ix >= W + ew:
+                                    continue
+                                cntpad += 1
+                                if iz < 0 or iz >= D or iy < 0 or iy >= H or ix < 0 or ix >= W:
+                                    continue
+                                v = x[n, iz, iy, ix]
+                                cnt += 1
+                                if mode == 0:
+                                    if v > best or bi < 0:
+                                        best = v
+                                        if col_major:
+                                            bi = ((ix * H + iy) * D + iz)
+                                        else:
+                                            bi = ((iz * H + iy) * W + ix)
+                                elif mode == 3:
+                                    acc += abs(v) ** p
+                                else:
+                                    acc += v
+                    if mode == 0:
+                        out[n, z, y, xo] = best
+                        idx[n, z, y, xo] = n * D * H * W + bi
+                    elif mode == 1:
+                        out[n, z, y, xo] = acc / cntpad if cntpad > 0 else 0.0
+                    elif mode == 2:
+                        out[n, z, y, xo] = acc / cnt if cnt > 0 else 0.0
+                    else:
+                        out[n, z, y, xo] = acc ** (1.0 / p)
+    return out, idx
+
+
+@numba.njit(cache=True, nogil=True)
+def requantize(acc, mult, zp, lo, hi):  # pragma: no cover - jitted
+    """y = clip(rint(float32(acc) * mult) + zp, lo, hi) with ``mult``/``zp`` per row of acc (M, P): int32 out."""
+    M, P = acc.shape
+    out = np.empty((M, P), dtype=np.int32)
+    for m in range(M):
+        s = mult[m]
+        z = zp[m]
+        for j in range(P):
+            v = np.rint(np.float32(acc[m, j]) * s) + z
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[m, j] = np.int32(v)
+    return out

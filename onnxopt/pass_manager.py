@@ -1,0 +1,220 @@
+"""Pass, PassResult, PassContext and PassManager: how rewrites are run, repeated, timed and checked."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+
+from onnxopt.errors import PassError, UserError
+from onnxopt.ir import Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassResult:
+    changed: bool
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Decline:
+    pass_name: str
+    where: str
+    reason: str
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may use. Passes get their inputs here, never from globals."""
+
+    target: str = "generic"
+    options: dict[str, Any] = field(default_factory=dict)
+    calibration: Any = None
+    seed: int = 0
+    progress: bool = False
+    cache: dict[str, Any] = field(default_factory=dict)
+    declines: list[Decline] = field(default_factory=list)
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("onnxopt.passes"))
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+    def decline(self, pass_name: str, where: str, reason: str) -> None:
+        """Record (and log) that a pass left a node alone, and why."""
+        self.declines.append(Decline(pass_name, where, reason))
+        self.logger.debug("%s: declined %s: %s", pass_name, where, reason)
+
+
+class Pass:
+    """One rewrite over a model. Subclasses set ``lossless`` and implement ``run``.
+
+    The first line of the class docstring is the pass's summary in ``onnxopt passes``.
+    """
+
+    lossless: ClassVar[bool] = True
+    name: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("name"):
+            cls.name = cls.__name__
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+PASS_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register_pass(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass known to ``onnxopt passes`` and to pipelines by name."""
+    PASS_REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class FixedPoint:
+    """Run ``passes`` in order until none changes the model, at most ``max_iterations`` rounds."""
+
+    passes: Sequence[Pass | FixedPoint]
+    max_iterations: int = 10
+    name: str = "fixed-point"
+
+
+@dataclass
+class PassRecord:
+    name: str
+    lossless: bool = True
+    runs: int = 0
+    changes: int = 0
+    seconds: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class ManagerReport:
+    records: dict[str, PassRecord] = field(default_factory=dict)
+    converged: bool = True
+    verification: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, name: str, lossless: bool = True) -> PassRecord:
+        return self.records.setdefault(name, PassRecord(name, lossless))
+
+    @property
+    def lossy_changes(self) -> bool:
+        """Whether a pass that is not lossless changed the model."""
+        return any(r.changes and not r.lossless for r in self.records.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "converged": self.converged,
+            "passes": [
+                {"name": r.name, "lossless": r.lossless, "runs": r.runs, "changes": r.changes, "seconds": round(r.seconds, 4),
+                 "stats": dict(r.stats)} for r in self.records.values()
+            ],
+            "verification": self.verification,
+        }
+
+
+Verifier = Callable[[onnx.ModelProto, str, bool], "dict[str, Any] | None"]
+
+
+class PassManager:
+    """Runs passes and fixed-point groups, with optional instruments.
+
+    - ``check``: ``onnx.checker`` full check after every pass that changed something;
+    - ``verifier``: called as ``verifier(model, pass_name, lossless)`` after every changed pass; it returns a
+      record for the report or raises (see ``onnxopt.verify.make_pass_verifier``);
+    - ``dump_dir``: the model is saved there after every change, numbered, named after the pass.
+    """
+
+    def __init__(self, passes: Sequence[Pass | FixedPoint], *, check: bool = False,
+                 verifier: Verifier | None = None, dump_dir: str | Path | None = None):
+        self.passes = list(passes)
+        self.check = check
+        self.verifier = verifier
+        self.dump_dir = Path(dump_dir) if dump_dir else None
+        self._dumps = 0
+
+    def run(self, model: Model, ctx: PassContext | None = None) -> ManagerReport:
+        ctx = ctx or PassContext()
+        report = ManagerReport()
+        for item in self.passes:
+            self._run_item(item, model, ctx, report)
+        return report
+
+    def _run_item(self, item: Pass | FixedPoint, model: Model, ctx: PassContext, report: ManagerReport) -> bool:
+        if isinstance(item, FixedPoint):
+            return self._run_fixed_point(item, model, ctx, report)
+        return self._run_pass(item, model, ctx, report)
+
+    def _run_fixed_point(self, group: FixedPoint, model: Model, ctx: PassContext, report: ManagerReport) -> bool:
+        any_change = False
+        for _ in range(group.max_iterations):
+            changed = False
+            for item in group.passes:
+                changed |= self._run_item(item, model, ctx, report)
+            any_change |= changed
+            if not changed:
+                return any_change
+        report.converged = False
+        log.warning("%s did not converge within %d iterations; continuing with the model as it is",
+                    group.name, group.max_iterations)
+        return any_change
+
+    def _run_pass(self, p: Pass, model: Model, ctx: PassContext, report: ManagerReport) -> bool:
+        rec = report.record(p.name, p.lossless)
+        start = time.perf_counter()
+        try:
+            result = p.run(model, ctx)
+        except UserError:
+            raise
+        except Exception as e:
+            raise PassError(f"pass {p.name} failed: {type(e).__name__}: {e}") from e
+        finally:
+            rec.seconds += time.perf_counter() - start
+            rec.runs += 1
+        for k, v in result.stats.items():
+            rec.stats[k] = rec.stats.get(k, 0) + v
+        if not result.changed:
+            return False
+        rec.changes += 1
+        log.debug("%s changed the model: %s", p.name, result.stats)
+        if self.check or self.verifier or self.dump_dir:
+            self._instrument(p, model, report)
+        return True
+
+    def _instrument(self, p: Pass, model: Model, report: ManagerReport) -> None:
+        try:
+            proto = model.to_onnx()
+        except Exception as e:
+            raise PassError(f"pass {p.name} left a model that cannot be exported: {e}") from e
+        if self.dump_dir:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+            self._dumps += 1
+            onnx.save_model(proto, str(self.dump_dir / f"{self._dumps:03d}_{p.name}.onnx"))
+        if self.check:
+            try:
+                onnx.checker.check_model(proto, full_check=True)
+            except Exception as e:
+                raise PassError(f"pass {p.name} broke the model: onnx.checker: {str(e).splitlines()[0]}") from e
+        if self.verifier:
+            rec = self.verifier(proto, p.name, p.lossless)
+            if rec is not None:
+                report.verification.append(rec)

@@ -1,0 +1,55 @@
+"""Rewrites as data: a pattern (op types), a check that returns why it declines, and the rewrite itself.
+
+A ``RewritePass`` applies its list of rewrites to every matching node of every graph, subgraphs included,
+and records each decline in the context with its reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import onnx_graphsurgeon as gs
+
+from onnxopt.ir import Model, iter_graphs
+from onnxopt.pass_manager import Pass, PassContext, PassResult
+
+Check = Callable[[gs.Node, gs.Graph, PassContext], "str | None"]
+Apply = Callable[[gs.Node, gs.Graph, PassContext], None]
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """``check`` returns None when the rewrite applies, else the reason it declines."""
+
+    name: str
+    op_types: tuple[str, ...]
+    check: Check
+    apply: Apply
+
+
+class RewritePass(Pass):
+    """Base class: apply ``rewrites`` node by node over every graph; clean up once at the end."""
+
+    rewrites: ClassVar[list[Rewrite]] = []
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        stats: dict[str, int] = {}
+        for graph in list(iter_graphs(model.graph)):
+            touched = False
+            for node in list(graph.nodes):
+                for rw in self.rewrites:
+                    if node.op not in rw.op_types or not node.outputs:
+                        continue
+                    reason = rw.check(node, graph, ctx)
+                    if reason is not None:
+                        ctx.decline(self.name, f"{node.op} '{node.name}'", f"{rw.name}: {reason}")
+                        continue
+                    rw.apply(node, graph, ctx)
+                    stats[rw.name] = stats.get(rw.name, 0) + 1
+                    touched = True
+                    break
+            if touched:
+                graph.cleanup(remove_unused_graph_inputs=False, remove_unused_node_outputs=False).toposort()
+        return PassResult(bool(stats), stats)

@@ -1,0 +1,204 @@
+"""Run two models on the same inputs and measure how far their outputs are apart.
+
+Engines: onnxruntime (CPU, optimizations as asked) and the reference interpreter (``onnxopt.interp``).
+Metrics per output: max abs error, max relative error, cosine, SNR (dB), and top-1 agreement for
+classifier-shaped outputs. Integer outputs may be compared in quantization steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxopt.errors import PassError, UserError
+
+log = logging.getLogger(__name__)
+
+ORT_MAX_INLINE = 1 << 30  # larger models go to onnxruntime through a file
+
+
+def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int | str | None]]]:
+    """Graph inputs that are not initializers: name -> (numpy dtype, dims with str/None for dynamic ones)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        specs[vi.name] = (dtype, dims)
+    return specs
+
+
+def make_feeds(model: onnx.ModelProto, seed: int = 0, dims: Mapping[str, int] | None = None,
+               int_high: int = 2) -> dict[str, np.ndarray]:
+    """Deterministic inputs: floats ~ N(0, 1), integers in [0, int_high), dynamic dims from ``dims`` or 1."""
+    rng = np.random.default_rng(seed)
+    dims = dict(dims or {})
+    feeds = {}
+    for name, (dtype, shape) in input_specs(model).items():
+        concrete = [d if isinstance(d, int) and d > 0 else int(dims.get(d, 1) if d else 1) for d in shape]
+        if dtype.kind == "f":
+            feeds[name] = rng.standard_normal(concrete).astype(dtype)
+        elif dtype.kind in "iu":
+            feeds[name] = rng.integers(0, int_high, size=concrete).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[name] = rng.integers(0, 2, size=concrete).astype(bool)
+        else:
+            raise UserError(f"input '{name}' has dtype {dtype}, which onnxopt cannot generate; pass --inputs x.npz")
+    return feeds
+
+
+def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such inputs file; give an .npz keyed by input name")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as e:
+        raise UserError(f"{path}: cannot read inputs ({e}); give an .npz keyed by input name") from None
+
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = True, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if isinstance(model, onnx.ModelProto):
+        if model.ByteSize() < ORT_MAX_INLINE:
+            return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            onnx.save_model(model, path, save_as_external_data=True, location="model.onnx.data")
+            return ort.InferenceSession(path, so, providers=providers)
+    return ort.InferenceSession(str(model), so, providers=providers)
+
+
+def run_model(model: onnx.ModelProto | str | os.PathLike, feeds: Mapping[str, np.ndarray],
+              engine: str = "onnxruntime", optimize: bool = True) -> dict[str, np.ndarray]:
+    """Outputs by name of ``model`` on ``feeds`` with the chosen engine."""
+    if engine == "onnxruntime":
+        sess = ort_session(model, optimize=optimize)
+        names = [o.name for o in sess.get_outputs()]
+        known = {i.name for i in sess.get_inputs()}
+        return dict(zip(names, sess.run(names, {k: v for k, v in feeds.items() if k in known}), strict=True))
+    if engine == "reference":
+        from onnxopt.interp import Interpreter
+
+        return Interpreter(model).run(dict(feeds))
+    raise UserError(f"unknown engine '{engine}'; use onnxruntime or reference")
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    cosine: float
+    snr_db: float
+    top1_agree: float | None
+    ok: bool
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, rtol: float = 1e-4, atol: float = 1e-5,
+                   step: float | None = None, steps: float = 3.0) -> OutputDiff:
+    """Compare one output. With ``step`` (a quantization step), the tolerance is ``steps`` steps."""
+    ref, got = np.asarray(ref), np.asarray(got)
+    if ref.shape != got.shape:
+        return OutputDiff(name, tuple(got.shape), float("inf"), float("inf"), 0.0, -float("inf"), None, False,
+                          f"shape {got.shape} != reference {ref.shape}")
+    if ref.dtype.kind in "OUS" or ref.dtype == bool:
+        eq = bool(np.array_equal(ref, got))
+        return OutputDiff(name, tuple(ref.shape), 0.0 if eq else 1.0, 0.0 if eq else 1.0, 1.0 if eq else 0.0,
+                          float("inf") if eq else 0.0, None, eq)
+    r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+    if r.size == 0:
+        return OutputDiff(name, tuple(ref.shape), 0.0, 0.0, 1.0, float("inf"), None, True)
+    diff = np.abs(r - g)
+    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+    max_rel = float(np.nanmax(diff / np.maximum(np.abs(r), 1e-12)))
+    nr, ng = np.linalg.norm(r), np.linalg.norm(g)
+    cosine = float(r @ g / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
+    noise = float(np.sum((r - g) ** 2))
+    snr = float(10 * np.log10(np.sum(r**2) / noise)) if noise > 0 else float("inf")
+    top1 = None
+    if ref.ndim >= 2 and ref.shape[-1] > 1 and ref.dtype.kind == "f":
+        top1 = float(np.mean(ref.reshape(-1, ref.shape[-1]).argmax(-1) == got.reshape(-1, ref.shape[-1]).argmax(-1)))
+    nan_mismatch = bool(np.any(np.isnan(r) != np.isnan(g)))
+    if step is not None:
+        ok = bool(np.all(diff <= steps * step + 1e-12)) and not nan_mismatch
+    else:
+        ok = bool(np.all((diff <= atol + rtol * np.abs(r)) | (np.isnan(r) & np.isnan(g))))
+    return OutputDiff(name, tuple(ref.shape), max_abs, max_rel, cosine, snr, top1, ok)
+
+
+def compare_outputs(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], rtol: float = 1e-4,
+                    atol: float = 1e-5, per_output: Mapping[str, Mapping[str, float]] | None = None
+                    ) -> list[OutputDiff]:
+    per_output = per_output or {}
+    diffs = []
+    for name, r in ref.items():
+        if name not in got:
+            diffs.append(OutputDiff(name, tuple(np.shape(r)), float("inf"), float("inf"), 0.0, -float("inf"), None,
+                                    False, "missing in the second model"))
+            continue
+        tol = {"rtol": rtol, "atol": atol, **per_output.get(name, {})}
+        diffs.append(compare_arrays(name, r, got[name], **tol))
+    return diffs
+
+
+def format_diffs(diffs: list[OutputDiff]) -> str:
+    lines = [f"{'output':<28} {'shape':<18} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'snr_db':>8}  ok"]
+    for d in diffs:
+        lines.append(f"{d.name[:28]:<28} {str(list(d.shape))[:18]:<18} {d.max_abs:>10.3g} {d.max_rel:>10.3g} "
+                     f"{d.cosine:>10.6f} {d.snr_db:>8.1f}  {'yes' if d.ok else 'NO'}{'  ' + d.note if d.note else ''}")
+    return "\n".join(lines)
+
+
+def make_pass_verifier(original: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None,
+                       engine: str = "onnxruntime", rtol: float = 1e-3, atol: float = 1e-4):
+    """A PassManager instrument: after each changed pass, compare the model's outputs with the original's.
+
+    Lossless passes must stay within tolerance, or the run stops with an error naming the pass; lossy passes
+    have their error recorded in the report.
+    """
+    feeds = dict(feeds) if feeds is not None else make_feeds(original)
+    reference = run_model(original, feeds, engine)
+
+    def verifier(model: onnx.ModelProto, pass_name: str, lossless: bool) -> dict[str, Any]:
+        try:
+            outputs = run_model(model, feeds, engine)
+        except Exception as e:
+            raise PassError(f"pass {pass_name} broke the model: it no longer runs in {engine}: "
+                            f"{str(e).splitlines()[0]}") from e
+        diffs = compare_outputs(reference, outputs, rtol=rtol, atol=atol)
+        if lossless and not all(d.ok for d in diffs):
+            raise PassError(f"pass {pass_name} changed the outputs beyond tolerance:\n{format_diffs(diffs)}")
+        return {"pass": pass_name, "outputs": [d.to_dict() for d in diffs]}
+
+    return verifier
