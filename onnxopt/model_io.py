@@ -88,13 +88,16 @@ def load_model(path: str | os.PathLike, *, load_external: bool = True) -> onnx.M
         raise UserError(f"{path}: not a valid ONNX model (no graph found; is the file truncated or another format?)")
     if not model.opset_import:
         raise UserError(f"{path}: the model declares no opset; it is not a valid ONNX model")
+    external = has_external_data(model)
+    if external:
+        _check_external_locations(model, path.parent, str(path))
     try:
-        onnx.checker.check_model(model, full_check=False)
-    except onnx.checker.ValidationError as e:
+        # with external data the checker must resolve locations relative to the model's folder: give it the path
+        onnx.checker.check_model(str(path) if external else model, full_check=False)
+    except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
         raise UserError(f"{path}: not a valid ONNX model ({first})") from None
-    if has_external_data(model):
-        _check_external_locations(model, path.parent, str(path))
+    if external:
         if load_external:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
     return model
@@ -111,6 +114,8 @@ def check_writable(path: str | os.PathLike) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name for the output model")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{path}: '{folder}' is a file, not a folder; choose another output path")
     if not folder.is_dir():
         raise UserError(f"{path}: the folder '{folder}' does not exist; create it or choose another output path")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -126,7 +131,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data
     if external_data is None:
         external_data = has_external_data(model) or model_size(model) > EXTERNAL_THRESHOLD
     data_name = path.name + ".data"
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxopt-", dir=path.parent if str(path.parent) else "."))
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".onnxopt-", dir=path.parent if str(path.parent) else "."))
+    except OSError as e:
+        raise UserError(f"{path}: cannot write into '{path.parent}' ({e.strerror or e}); choose another output path"
+                        ) from None
     try:
         tmp_model = tmp_dir / path.name
         if external_data:

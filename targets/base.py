@@ -1,4 +1,8 @@
-"""What a target is: a QuantScheme, a pipeline of passes built from the user's options, and a lint."""
+"""What a target is: a QuantScheme, a pipeline of passes built from the user's options, and a lint.
+
+The default pipeline is the same recipe for every target, each step shaped by the target's scheme:
+canonicalize -> prune (if asked) -> quantize (per the scheme and options) -> the target's own lowering.
+"""
 
 from __future__ import annotations
 
@@ -24,15 +28,30 @@ class Violation:
 
 
 class Target:
-    """Base class. Subclasses set ``name``, ``aliases``, ``scheme`` and implement ``pipeline`` and ``lint``."""
+    """Base class. Subclasses set ``name``, ``aliases``, ``scheme``, ``min_opset`` and may override the steps."""
 
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     scheme: ClassVar[QuantScheme | None] = None
+    min_opset: ClassVar[int] = 13
 
-    def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:  # pragma: no cover - interface
-        raise NotImplementedError
+    def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
+        from onnxopt.passes.canonicalize import canonicalize
+
+        from .recipe_prune import prune_steps
+        from .recipe_quantize import quantize_steps
+
+        options = {"min_opset": self.min_opset, **options}
+        steps: list[Pass | FixedPoint] = list(canonicalize(options))
+        steps += prune_steps(options)
+        steps += quantize_steps(self.scheme, options)
+        steps += self.lowering(options)
+        return steps
+
+    def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
+        """Target-specific rewrites after quantization (none by default)."""
+        return []
 
     def lint(self, model: onnx.ModelProto) -> list[Violation]:
         return []

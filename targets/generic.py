@@ -1,23 +1,16 @@
-"""generic: standard ONNX with no target-specific rules — canonicalization only (quantization comes later)."""
+"""generic: standard ONNX QDQ with no target-specific rules."""
 
 from __future__ import annotations
 
-from typing import Any
+from onnxopt.quant_scheme import QuantScheme, TensorQuant
 
-import onnx
-
-from onnxopt.pass_manager import FixedPoint, Pass
-from .base import Target, Violation
+from .base import Target
 
 
 class Generic(Target):
     name = "generic"
-    description = "standard ONNX, canonicalized; no target-specific rules"
-
-    def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
-        from onnxopt.passes.canonicalize import canonicalize
-
-        return canonicalize(options)
-
-    def lint(self, model: onnx.ModelProto) -> list[Violation]:
-        return []
+    description = "standard ONNX QDQ (u8 activations, s8 per-channel weights); no target-specific rules"
+    scheme = QuantScheme(
+        activations=TensorQuant(dtype="uint8", symmetric=False),
+        weights=TensorQuant(dtype="int8", symmetric=True, per_channel=True),
+    )

@@ -2,7 +2,7 @@
 
 import importlib
 
-from onnxopt.interp.ops import control_flow, elementwise, tensor  # noqa: F401
+from onnxopt.interp.ops import control_flow, elementwise, resize, tensor  # noqa: F401
 
 # Numeric kernels written in parallel (part B); plain imports once they all exist.
 for _name in ("nn", "linalg", "reduce", "quant"):

@@ -401,5 +401,3 @@ def SpaceToDepth(x, blocksize):
     t = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
     return t.reshape(n, c * b * b, h // b, w // b)
 
-
-from onnxopt.interp.ops import resize as _resize  # noqa: E402,F401  (Resize / Upsample kernels)

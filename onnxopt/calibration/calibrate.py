@@ -1,0 +1,328 @@
+"""Stream calibration samples through a model once and fold chosen tensors into per-tensor statistics.
+
+``calibrate(model, data, tensors, method, engine)`` -> ``{tensor name: TensorRange}``;
+``calibrate_many(model, data, tensors, methods, engine)`` -> ``{method: {tensor name: TensorRange}}`` from
+one pass (one histogram per tensor serves every histogram method).
+
+Engines:
+
+- ``"onnxruntime"``: the requested main-graph tensors become extra outputs of a copy of the model (saved to
+  a temporary file with external data when it is too large to serialise in memory); samples run one at a
+  time, each output is folded into its statistics and dropped. It cannot reach tensors inside If/Loop/Scan.
+- ``"reference"``: the onnxopt interpreter, with its capture callback; it reaches subgraph tensors (inside
+  Loop/Scan bodies every iteration is folded in).
+- ``"auto"`` (default): onnxruntime when every requested tensor is in the main graph, else the interpreter;
+  if the interpreter cannot load the model, onnxruntime for the main-graph tensors with a logged warning
+  naming how many subgraph tensors are left out.
+
+Default tensors (``tensors=None``): every floating-point tensor a node computes, in the main graph and in
+subgraphs, plus the floating-point graph inputs; outputs of Constant nodes and initializers are left out
+(they are weights). A tensor whose type is not known statically is included and kept only if its values
+turn out floating-point. Explicitly requested initializers are folded in once, not once per sample.
+
+Memory holds the statistics (a few counters and, for histogram methods, ``2 * bins`` counts per tensor) and
+one sample's tensors at a time: it does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+from onnxopt.calibration.collectors import METHODS, RunningStats, TensorRange, derive, make_collector
+from onnxopt.calibration.data import CalibrationData, input_specs_of, open_calibration_data
+from onnxopt.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["calibrate", "calibrate_many", "calibration_tensors"]
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+}
+_LARGE = 1_800_000_000  # bytes: above this the augmented model goes through a file with external data
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
+    types: dict[str, int] = {}
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+class _Inventory:
+    """Where each tensor name lives and what type it has, from a shape-inferred copy of the model."""
+
+    def __init__(self, model: onnx.ModelProto):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception as exc:  # a model over 2 GB, or one shape inference rejects: types stay unknown
+            log.info("shape inference failed (%s); tensor types are checked at run time", exc)
+            inferred = model
+        g = inferred.graph
+        self.value_infos = {vi.name: vi for vi in [*g.input, *g.output, *g.value_info]}
+        self.initializers = {init.name for init in model.graph.initializer}
+        self.feeds = [vi.name for vi in model.graph.input if vi.name not in self.initializers]
+        self.types: dict[str, int] = {}
+        self.main: list[str] = list(self.feeds)
+        self.sub: list[str] = []
+        self.constant_outputs: set[str] = set()
+        self.sub_initializers: set[str] = set()
+        self._walk(g, main=True)
+
+    def _walk(self, graph: onnx.GraphProto, main: bool) -> None:
+        self.types.update(_elem_types(graph))
+        if not main:
+            self.sub_initializers.update(init.name for init in graph.initializer)
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    (self.main if main else self.sub).append(out)
+                    if node.op_type == "Constant":
+                        self.constant_outputs.add(out)
+            for sub in _subgraphs(node):
+                self._walk(sub, main=False)
+
+    def default_tensors(self) -> list[str]:
+        seen: set[str] = set()
+        out = []
+        for name in [*self.main, *self.sub]:
+            if name in seen or name in self.constant_outputs or name in self.sub_initializers:
+                continue
+            seen.add(name)
+            t = self.types.get(name)
+            if t is None or t in _FLOAT_TYPES:
+                out.append(name)
+        return out
+
+
+def calibration_tensors(model: onnx.ModelProto) -> list[str]:
+    """The tensors ``calibrate`` takes when none are named (see the module docstring)."""
+    return _Inventory(model).default_tensors()
+
+
+def _progress(data: CalibrationData, progress: bool | None, desc: str):
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    return tqdm(data, total=data.length, desc=desc, unit="sample", disable=disable, leave=False)
+
+
+class _Folder:
+    """name -> RunningStats, created when a tensor's first array arrives."""
+
+    def __init__(self, explicit: set[str], bins: int | None, averaging_constant: float | None,
+                 channel_axis: int | Mapping[str, int] | None):
+        self.explicit = explicit
+        self.bins = bins
+        self.averaging_constant = averaging_constant
+        self.channel_axis = channel_axis
+        self.stats: dict[str, RunningStats] = {}
+        self.skipped: set[str] = set()
+
+    def __call__(self, name: str, value: Any) -> None:
+        st = self.stats.get(name)
+        if st is None:
+            if name in self.skipped:
+                return
+            arr = np.asarray(value)
+            if arr.dtype.kind != "f" and name not in self.explicit:
+                self.skipped.add(name)
+                return
+            axis = self.channel_axis.get(name) if isinstance(self.channel_axis, Mapping) else self.channel_axis
+            if axis is not None and not -arr.ndim <= axis < arr.ndim:
+                axis = None
+            st = self.stats[name] = RunningStats(
+                histogram_bins=self.bins, averaging_constant=self.averaging_constant, channel_axis=axis
+            )
+        st.update(value)
+
+
+def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, float | None]:
+    bins: set[int] = set()
+    averaging = None
+    for m in methods:
+        if m not in METHODS:
+            raise UserError(f"unknown calibration method {m!r}; choose one of {', '.join(METHODS)}")
+        opts = dict(options.get(m, {}))
+        try:
+            make_collector(m, **opts)  # validates the options
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
+        if m == "minmax":
+            averaging = opts.get("averaging_constant")
+        else:
+            bins.add(int(opts.get("bins", 2048)))
+    if len(bins) > 1:
+        raise UserError(f"histogram methods asked for different bin counts {sorted(bins)}; use one")
+    return (bins.pop() if bins else None), averaging
+
+
+def _run_onnxruntime(model, inv: _Inventory, names: list[str], data, fold: _Folder, progress) -> None:
+    import onnxruntime as ort
+
+    from_feeds = [n for n in names if n in inv.feeds]
+    outputs = [n for n in names if n not in inv.feeds]
+    aug = onnx.ModelProto()
+    aug.CopyFrom(model)
+    present = {o.name for o in aug.graph.output}
+    for name in outputs:
+        if name in present:
+            continue
+        vi = inv.value_infos.get(name)
+        if vi is None:
+            vi = onnx.ValueInfoProto(name=name)
+        aug.graph.output.append(vi)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    with tempfile.TemporaryDirectory(prefix="onnxopt-calib-") as tmp:
+        try:
+            size = aug.ByteSize()
+        except Exception:
+            size = _LARGE + 1
+        if size > _LARGE:
+            path = os.path.join(tmp, "augmented.onnx")
+            onnx.save_model(aug, path, save_as_external_data=True, location="augmented.onnx.data")
+            del aug
+            sess = ort.InferenceSession(path, so, providers=providers)
+        else:
+            blob = aug.SerializeToString()
+            del aug
+            sess = ort.InferenceSession(blob, so, providers=providers)
+            del blob
+        for feed in _progress(data, progress, "calibrating (onnxruntime)"):
+            for name in from_feeds:
+                fold(name, feed[name])
+            if outputs:
+                values = sess.run(outputs, feed)
+                for name, value in zip(outputs, values, strict=True):
+                    fold(name, value)
+                del values
+
+
+def _run_reference(interp, names: list[str], data, fold: _Folder, progress) -> None:
+    for feed in _progress(data, progress, "calibrating (interpreter)"):
+        interp.run(feed, capture=names, callback=fold)
+
+
+def calibrate_many(
+    model: onnx.ModelProto,
+    data: Any,
+    tensors: Sequence[str] | None = None,
+    methods: Sequence[str] = ("minmax", "entropy"),
+    engine: str = "auto",
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    channel_axis: int | Mapping[str, int] | None = None,
+    progress: bool | None = None,
+) -> dict[str, dict[str, TensorRange]]:
+    """One pass over ``data``; returns ``{method: {tensor: TensorRange}}`` for every method in ``methods``.
+
+    ``data``: CalibrationData or anything ``open_calibration_data`` accepts (validated against the model's
+    inputs). ``options``: per-method keyword options (e.g. ``{"percentile": {"percentile": 99.99}}``).
+    ``channel_axis``: per-channel min/max along that axis (one int for all tensors of sufficient rank, or per
+    tensor name). ``progress``: tqdm bar; None shows it only on a terminal.
+    """
+    options = dict(options or {})
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise UserError("no calibration method given; choose among " + ", ".join(METHODS))
+    bins, averaging = _check_methods(methods, options)
+    if engine not in ("onnxruntime", "reference", "auto"):
+        raise UserError(f"unknown calibration engine {engine!r}; choose onnxruntime, reference or auto")
+    if not isinstance(data, CalibrationData):
+        data = open_calibration_data(data, input_specs_of(model))
+
+    inv = _Inventory(model)
+    explicit = tensors is not None
+    names = list(dict.fromkeys(tensors)) if explicit else inv.default_tensors()
+    known_main = set(inv.main) | inv.initializers
+    known_sub = set(inv.sub) | inv.sub_initializers
+    unknown = [n for n in names if n not in known_main and n not in known_sub]
+    if unknown:
+        raise UserError(f"tensor {unknown[0]!r} is not in the model ({len(unknown)} unknown name(s) asked)")
+    fold = _Folder(set(names) if explicit else set(), bins, averaging, channel_axis)
+
+    constants = [n for n in names if n in inv.initializers]
+    names = [n for n in names if n not in inv.initializers]
+    sub_only = [n for n in names if n not in known_main]
+
+    interp = None
+    if engine == "onnxruntime" and sub_only:
+        raise UserError(
+            f"tensor {sub_only[0]!r} lives inside an If/Loop/Scan subgraph, which onnxruntime cannot expose; "
+            "use engine='reference' or 'auto'"
+        )
+    if engine == "reference" or (engine == "auto" and sub_only):
+        try:
+            from onnxopt.interp import Interpreter
+
+            interp = Interpreter(model)
+        except Exception as exc:
+            if engine == "reference":
+                raise UserError(f"the reference interpreter cannot run this model: {exc}") from exc
+            log.warning(
+                "the interpreter cannot run this model (%s): calibrating with onnxruntime, leaving out %d "
+                "tensor(s) inside subgraphs", exc, len(sub_only),
+            )
+            names = [n for n in names if n in known_main]
+
+    for name in constants:
+        init = next(i for i in model.graph.initializer if i.name == name)
+        fold(name, onnx.numpy_helper.to_array(init))
+    if interp is not None:
+        _run_reference(interp, names, data, fold, progress)
+    else:
+        _run_onnxruntime(model, inv, names, data, fold, progress)
+
+    if explicit:
+        missing = [n for n in names if n not in fold.stats]
+        if missing:
+            log.warning("%d requested tensor(s) were never produced (e.g. %r: a branch not taken?)",
+                        len(missing), missing[0])
+    result: dict[str, dict[str, TensorRange]] = {}
+    for m in methods:
+        opts = options.get(m, {})
+        result[m] = {name: derive(st, m, **opts) for name, st in fold.stats.items()}
+    return result
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    data: Any,
+    tensors: Sequence[str] | None = None,
+    method: str = "minmax",
+    engine: str = "auto",
+    *,
+    channel_axis: int | Mapping[str, int] | None = None,
+    progress: bool | None = None,
+    **method_options: Any,
+) -> dict[str, TensorRange]:
+    """``{tensor: TensorRange}`` for one ``method`` ("minmax", "percentile", "entropy", "mse").
+
+    ``method_options`` go to the method (``averaging_constant`` for minmax; ``percentile``, ``symmetric``,
+    ``bins`` for percentile; ``bins``, ``levels``, ``start_bin`` for entropy; ``bins``, ``levels`` for mse).
+    Each TensorRange also carries min, max, mean |x|, counts and, with ``channel_axis``, per-channel extremes.
+    """
+    return calibrate_many(
+        model, data, tensors, [method], engine,
+        options={method: method_options}, channel_axis=channel_axis, progress=progress,
+    )[method]

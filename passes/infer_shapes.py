@@ -1,0 +1,156 @@
+"""InferShapes: onnx shape inference (data propagation on) written back as tensor dtypes and shapes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from onnxopt.ir import Model, is_graph_input, iter_graphs
+from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+
+log = logging.getLogger(__name__)
+
+_WEIGHT_MIN_ELEMENTS = 1024  # initializers this large are never shape tensors: infer without their data
+_PROTO_LIMIT = (1 << 31) - (1 << 24)
+
+
+def _dims(t: gs.Tensor) -> list | None:
+    return None if t.shape is None else list(t.shape)
+
+
+def _known(shape: list | None) -> int:
+    """How much a shape says: rank known counts 1, every static dim 1 more."""
+    if shape is None:
+        return 0
+    return 1 + sum(isinstance(d, int) for d in shape)
+
+
+def _proto_without_weights(model: Model) -> onnx.ModelProto:
+    """The model with large main-graph initializers turned into typed graph inputs (no data to copy or check)."""
+    proto = model.to_onnx()
+    g = proto.graph
+    inputs = {i.name for i in g.input}
+    keep = []
+    for t in g.initializer:
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n >= _WEIGHT_MIN_ELEMENTS:
+            if t.name not in inputs:
+                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            keep.append(t)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return proto
+
+
+def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
+    kw = {"check_type": False, "strict_mode": False, "data_prop": True}
+    if proto.ByteSize() < _PROTO_LIMIT:
+        return onnx.shape_inference.infer_shapes(proto, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        onnx.save_model(proto, src, save_as_external_data=True, location="in.onnx.data")
+        onnx.shape_inference.infer_shapes_path(src, dst, **kw)
+        return onnx.load(dst, load_external_data=False)
+
+
+def _graph_protos(g: onnx.GraphProto):
+    yield g
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graph_protos(a.g)
+            for sub in a.graphs:
+                yield from _graph_protos(sub)
+
+
+def _read_type(vi: onnx.ValueInfoProto):
+    if not vi.type.HasField("tensor_type"):
+        return None, None
+    tt = vi.type.tensor_type
+    dtype = None
+    if tt.elem_type:
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        except Exception:  # types numpy does not know (bfloat16, float8): leave the dtype alone
+            dtype = None
+    shape = None
+    if tt.HasField("shape"):
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+    return dtype, shape
+
+
+def _merge(old: list | None, new: list | None) -> list | None:
+    """Dim by dim: a static dim wins over a symbolic or unknown one; a symbolic name wins over unknown."""
+    if new is None:
+        return old
+    if old is None or len(old) != len(new):
+        return new if old is None else old
+    out = []
+    for o, n in zip(old, new, strict=True):
+        if isinstance(o, int):
+            out.append(o)
+        elif isinstance(n, int):
+            out.append(n)
+        else:
+            out.append(o if o is not None else n)
+    return out
+
+
+@register_pass
+class InferShapes(Pass):
+    """Run onnx shape inference (strict_mode=False, data_prop=True) and record dtypes and shapes on tensors.
+
+    Rewrites: intermediate tensors (subgraphs included) get the dtype and shape onnx infers; a dim it
+    knows statically replaces an unknown or symbolic one, a symbolic dim stays symbolic (nothing is
+    specialised: graph inputs are never touched, graph outputs only get what they lacked).
+    Inference runs on a copy whose large initializers are typed inputs, so weights are neither copied
+    through inference nor limited by protobuf's 2 GB (past that, infer_shapes_path on a temporary file).
+    Declines: a model onnx cannot infer (the reason is logged and recorded; the model is unchanged);
+    tensors whose type is not a tensor type (sequences, maps, optionals) are left alone.
+    Reports changed only when some tensor gained information, so it can sit in a fixed-point group.
+    """
+
+    lossless = True
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        try:
+            inferred = _infer(_proto_without_weights(model))
+        except Exception as e:
+            reason = f"shape inference failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log.warning("%s; shapes left as they are", reason)
+            ctx.decline(self.name, "model", reason)
+            return PassResult(False)
+        types: dict[str, tuple | None] = {}
+        for g in _graph_protos(inferred.graph):
+            for vi in list(g.value_info) + list(g.output):
+                found = _read_type(vi)
+                if types.setdefault(vi.name, found) != found:
+                    types[vi.name] = None  # sibling subgraphs reuse a name with different types: skip it
+        gained = 0
+        for graph in iter_graphs(model.graph):
+            outputs = {id(t) for t in graph.outputs}
+            for name, t in graph.tensors().items():
+                if not isinstance(t, gs.Variable) or types.get(name) is None or is_graph_input(t, graph):
+                    continue
+                dtype, shape = types[name]
+                before = _known(_dims(t)) + (t.dtype is not None)
+                if t.dtype is None and dtype is not None:
+                    t.dtype = dtype
+                if id(t) in outputs:
+                    if t.shape is None and shape is not None:
+                        t.shape = shape
+                else:
+                    merged = _merge(_dims(t), shape)
+                    if merged is not None:
+                        t.shape = merged
+                after = _known(_dims(t)) + (t.dtype is not None)
+                gained += after > before
+        return PassResult(gained > 0, {"tensors_refined": gained} if gained else {})

@@ -1,0 +1,196 @@
+"""MergeReshapes: a view op (Reshape/Flatten/Squeeze/Unsqueeze) of a view op becomes one Reshape of the source."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.ir import constant_value, make_constant, opset_of, producer, unique_name
+from onnxopt.pass_manager import register_pass
+from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.passes.remove_noops import default_domain, shape_of
+
+VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+INFER = "infer"
+
+
+def _axes(node: gs.Node, graph: gs.Graph) -> list[int] | None:
+    """Constant axes of Squeeze/Unsqueeze (attribute before opset 13, input after); [] when absent."""
+    if opset_of(graph) < 13:
+        axes = node.attrs.get("axes")
+        return [] if axes is None else [int(a) for a in axes]
+    if len(node.inputs) < 2 or not node.inputs[1].name:
+        return []
+    v = constant_value(node.inputs[1])
+    return None if v is None else [int(a) for a in np.asarray(v).reshape(-1)]
+
+
+def _reshape_shape(node: gs.Node) -> list[int] | None:
+    v = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if v is None:
+        return None
+    shape = [int(d) for d in np.asarray(v).reshape(-1)]
+    if node.attrs.get("allowzero", 0) and 0 in shape:
+        return None
+    return shape
+
+
+def _dim(shape, i):
+    if shape is None or i >= len(shape):
+        return None
+    d = shape[i]
+    return int(d) if isinstance(d, (int, np.integer)) else None
+
+
+def _outer_spec(node: gs.Node, graph: gs.Graph) -> tuple[list | None, str | None]:
+    """The outer node's result shape relative to its input y: ints, ("copy", i) for y's dim i at position i, INFER."""
+    y = shape_of(node.inputs[0])
+    if node.op == "Reshape":
+        shape = _reshape_shape(node)
+        if shape is None:
+            return None, "shape is not a constant (or allowzero with zeros)"
+        return [("copy", i) if d == 0 else (INFER if d == -1 else d) for i, d in enumerate(shape)], None
+    if node.op == "Flatten":
+        axis = int(node.attrs.get("axis", 1))
+        if axis < 0:
+            if y is None:
+                return None, "negative axis and unknown rank"
+            axis += len(y)
+        if axis == 0:
+            return [1, INFER], None
+        head = [_dim(y, i) for i in range(axis)] if y is not None else [None]
+        if all(d is not None for d in head):
+            return [int(np.prod(head)), INFER], None
+        if axis == 1:
+            return [("copy", 0), INFER], None
+        tail = [_dim(y, i) for i in range(axis, len(y))] if y is not None else [None]
+        if all(d is not None for d in tail):
+            return [INFER, int(np.prod(tail))], None
+        return None, "both sides of the flatten axis have dynamic dims"
+    axes = _axes(node, graph)
+    if axes is None:
+        return None, "axes are not constant"
+    if y is None:
+        return None, "input rank unknown"
+    r = len(y)
+    if node.op == "Squeeze":
+        if not axes:
+            if any(_dim(y, i) is None for i in range(r)):
+                return None, "squeeze without axes on dynamic dims"
+            axes = [i for i in range(r) if y[i] == 1]
+        axes = sorted(a + r if a < 0 else a for a in axes)
+        kept = [j for j in range(r) if j not in axes]
+        spec = []
+        for k, j in enumerate(kept):
+            spec.append(_dim(y, j) if _dim(y, j) is not None else (("copy", j) if k == j else INFER))
+        return spec, None
+    n = r + len(axes)
+    axes = sorted(a + n if a < 0 else a for a in axes)
+    spec, j = [], 0
+    for k in range(n):
+        if k in axes:
+            spec.append(1)
+            continue
+        spec.append(_dim(y, j) if _dim(y, j) is not None else (("copy", j) if k == j else INFER))
+        j += 1
+    return spec, None
+
+
+def _copy_source(inner: gs.Node, graph: gs.Graph, i: int):
+    """Dim i of the inner node's output: an int, "x" when it equals the inner input's dim i, else None."""
+    d = _dim(shape_of(inner.outputs[0]), i)
+    if d is not None:
+        return d
+    if inner.op == "Reshape":
+        shape = _reshape_shape(inner)
+        if shape is not None and i < len(shape):
+            return "x" if shape[i] == 0 else (shape[i] if shape[i] > 0 else None)
+        return None
+    if inner.op == "Flatten":
+        return "x" if i == 0 and int(inner.attrs.get("axis", 1)) == 1 else None
+    axes = _axes(inner, graph)
+    if not axes:
+        return None
+    rank = shape_of(inner.inputs[0]) if inner.op == "Squeeze" else shape_of(inner.outputs[0])
+    if any(a < 0 for a in axes):
+        if rank is None:
+            return None
+        axes = [a + len(rank) if a < 0 else a for a in axes]
+    return "x" if i < min(axes) else None
+
+
+def _merged_shape(node: gs.Node, graph: gs.Graph) -> tuple[list[int] | None, str | None]:
+    inner = producer(node.inputs[0])
+    if inner is None or inner.op not in VIEW_OPS or inner.domain not in ("", "ai.onnx"):
+        return None, "input is not produced by a Reshape/Flatten/Squeeze/Unsqueeze"
+    if inner.op == "Reshape" and _reshape_shape(inner) is None:
+        return None, "inner Reshape's shape is not a constant (or allowzero with zeros)"
+    if inner.op in ("Squeeze", "Unsqueeze") and _axes(inner, graph) is None:
+        return None, "inner axes are not constant"
+    if node.op != "Reshape" and inner.op != "Reshape":
+        return None, "neither node is a Reshape"
+    spec, reason = _outer_spec(node, graph)
+    if spec is None:
+        return None, reason
+    out, copies, infers = [], [], sum(1 for s in spec if s == INFER)
+    for s in spec:
+        if isinstance(s, tuple):
+            src = _copy_source(inner, graph, s[1])
+            if src == "x":
+                out.append(0)
+                copies.append(True)
+                continue
+            if src is not None:
+                out.append(src)
+            elif infers == 0:
+                out.append(-1)
+                infers = 1
+            else:
+                return None, "a copied dim is unknown and another dim is already inferred"
+        else:
+            out.append(-1 if s == INFER else s)
+        copies.append(False)
+    if infers > 1:
+        return None, "more than one dim would be inferred"
+    if any(d == 0 and not c for d, c in zip(out, copies)):
+        return None, "zero-size dims"
+    return out, None
+
+
+def _check(node, graph, ctx):
+    if opset_of(graph) < 5:
+        return "opset < 5 has no shape-input Reshape"
+    return _merged_shape(node, graph)[1]
+
+
+def _apply(node, graph, ctx):
+    shape, _ = _merged_shape(node, graph)
+    src = producer(node.inputs[0]).inputs[0]
+    const = make_constant(unique_name(graph, f"{node.outputs[0].name}_shape"), np.array(shape, dtype=np.int64))
+    if node.op == "Reshape":
+        node.inputs[0] = src
+        node.inputs[1] = const
+        node.attrs.pop("allowzero", None)
+        return
+    out = node.outputs[0]
+    node.outputs.clear()
+    node.inputs.clear()
+    graph.nodes.append(gs.Node("Reshape", name=unique_name(graph, f"{node.name or out.name}_reshape"),
+                               inputs=[src, const], outputs=[out]))
+
+
+@register_pass
+class MergeReshapes(RewritePass):
+    """Merge chains of Reshape/Flatten/Squeeze/Unsqueeze (at least one a Reshape) into one Reshape of the source.
+
+    Rewrites: an outer view node (Reshape with a constant shape, Flatten, Squeeze, Unsqueeze with constant axes)
+    whose input comes from an inner view node, one of the two being a Reshape, becomes Reshape(source, shape).
+    The new shape keeps 0 (copy) only where the copied dim is provably the source's dim at the same position,
+    uses the static dims that shape inference knows, and infers at most one dim with -1. The inner node stays if
+    it has other consumers and disappears otherwise.
+    Declines: non-constant shapes or axes; allowzero=1 with zeros in the shape; unknown rank where needed;
+    a dynamic dim that cannot be copied while another dim is already inferred; zero-size dims; Flatten whose
+    both sides have dynamic dims; non-default domains; opset < 5.
+    """
+
+    rewrites = [Rewrite("merge_views", VIEW_OPS, default_domain(_check), _apply)]

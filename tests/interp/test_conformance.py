@@ -1,0 +1,146 @@
+"""ONNX backend node tests (generated from the onnx wheel) run through the interpreter.
+
+Every case whose ops all have kernels runs and must match its expected outputs; a case is skipped only for
+a reason in ``SKIP`` below. The pass count by op is printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.interp import Interpreter
+from onnxopt.interp.registry import lookup
+
+# Cases skipped on purpose: (regex over the case name, reason). Keep it short and honest.
+SKIP: list[tuple[str, str]] = []
+
+_FLOAT_DEFAULT = (1e-5, 1e-6)  # rtol, atol unless the case sets its own
+_ONNX_DEFAULT = (1e-3, 1e-7)   # what collect_testcases puts on a case that sets nothing
+
+
+def _graph_ops(graph: onnx.GraphProto, opsets: dict[str, int], functions: dict, out: set) -> None:
+    for node in graph.node:
+        key = (node.domain, node.op_type)
+        if key in functions:
+            f = functions[key]
+            f_opsets = dict(opsets)
+            f_opsets.update({i.domain: i.version for i in f.opset_import})
+            _graph_ops(onnx.helper.make_graph(f.node, f.name, [], []), f_opsets, functions, out)
+        else:
+            dom = "" if node.domain == "ai.onnx" else node.domain
+            out.add((dom, node.op_type, opsets.get(dom, 0)))
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _graph_ops(a.g, opsets, functions, out)
+            for g in a.graphs:
+                _graph_ops(g, opsets, functions, out)
+
+
+def model_ops(model: onnx.ModelProto) -> set[tuple[str, str, int]]:
+    """Every (domain, op, opset) a model runs, through subgraphs and model-local functions."""
+    opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
+    functions = {(f.domain, f.name): f for f in model.functions}
+    out: set = set()
+    _graph_ops(model.graph, opsets, functions, out)
+    return out
+
+
+def _collect():
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = collect_testcases(None)
+    runnable, missing = [], collections.Counter()
+    for case in cases:
+        ops = model_ops(case.model)
+        lacking = [op for d, op, v in ops if lookup(op, d, v) is None]
+        if lacking:
+            for op in set(lacking):
+                missing[op] += 1
+            continue
+        runnable.append(case)
+    return cases, runnable, missing
+
+
+ALL_CASES, CASES, MISSING = _collect()
+RESULTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+
+def _skip_reason(case) -> str | None:
+    for pattern, reason in SKIP:
+        if re.search(pattern, case.name):
+            return reason
+    return None
+
+
+def _is_tensor(v) -> bool:
+    return isinstance(v, np.ndarray) or np.isscalar(v)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _report(request):
+    yield
+    tr = request.config.pluginmanager.get_plugin("terminalreporter")
+    if tr is None or not RESULTS:
+        return
+    total = collections.Counter()
+    for c in RESULTS.values():
+        total.update(c)
+    tr.write_line("")
+    tr.write_line(
+        f"ONNX node conformance: {len(ALL_CASES)} cases, {len(CASES)} with all ops implemented; "
+        f"run {total['run']}, passed {total['passed']}, skipped {total['skipped']}"
+    )
+    for op in sorted(RESULTS):
+        c = RESULTS[op]
+        tr.write_line(f"  {op:28s} passed {c['passed']:4d} / run {c['run']:4d}  skipped {c['skipped']}")
+
+
+def _ops_of(case) -> set[str]:
+    return {op for _, op, _ in model_ops(case.model)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_node_case(case):
+    ops = _ops_of(case)
+    reason = _skip_reason(case)
+    if reason is None and not all(_is_tensor(v) for ins, outs in case.data_sets for v in list(ins) + list(outs)):
+        reason = "sequence or optional values (the interpreter runs tensors only)"
+    if reason:
+        for op in ops:
+            RESULTS[op]["skipped"] += 1
+        pytest.skip(reason)
+    for op in ops:
+        RESULTS[op]["run"] += 1
+    model = case.model
+    rtol, atol = _FLOAT_DEFAULT
+    if (case.rtol, case.atol) != _ONNX_DEFAULT:
+        rtol, atol = case.rtol, case.atol
+    interp = Interpreter(model)
+    in_names = [i.name for i in model.graph.input]
+    out_names = [o.name for o in model.graph.output]
+    for inputs, expected in case.data_sets:
+        feeds = {n: np.asarray(v) for n, v in zip(in_names, inputs)}
+        got = interp.run(feeds)
+        for name, exp in zip(out_names, expected):
+            exp = np.asarray(exp)
+            res = np.asarray(got[name])
+            assert res.dtype == exp.dtype, f"{name}: dtype {res.dtype}, expected {exp.dtype}"
+            assert res.shape == exp.shape, f"{name}: shape {res.shape}, expected {exp.shape}"
+            if exp.dtype.kind in "fc" or exp.dtype.kind == "V":
+                r, a = rtol, atol
+                if exp.dtype.itemsize <= 2:  # float16, bfloat16, float8: the case's own (looser) tolerance
+                    r, a = max(rtol, case.rtol), max(atol, case.atol)
+                np.testing.assert_allclose(res.astype(np.float64), exp.astype(np.float64), rtol=r, atol=a,
+                                           err_msg=name)
+            else:
+                np.testing.assert_array_equal(res, exp, err_msg=name)
+    for op in ops:
+        RESULTS[op]["passed"] += 1
