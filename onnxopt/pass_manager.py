@@ -125,8 +125,8 @@ class ManagerReport:
         return {
             "converged": self.converged,
             "passes": [
-                {"name": r.name, "lossless": r.lossless, "runs": r.runs, "changes": r.changes, "seconds": round(r.seconds, 4),
-                 "stats": dict(r.stats)} for r in self.records.values()
+                {"name": r.name, "lossless": r.lossless, "runs": r.runs, "changes": r.changes,
+                 "seconds": round(r.seconds, 4), "stats": dict(r.stats)} for r in self.records.values()
             ],
             "verification": self.verification,
         }

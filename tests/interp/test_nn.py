@@ -26,7 +26,7 @@ def ort_node(op, inputs: dict, n_out=1, opset=17, **attrs):
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     for o in model.graph.output:  # ops without shape inference (functions): type the output like input 0
         if not o.type.HasField("tensor_type"):
-            o.type.tensor_type.elem_type = ins[0].type.tensor_type.elem_type
+            o.type.CopyFrom(ins[0].type)
     onnx.checker.check_model(model, full_check=True)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

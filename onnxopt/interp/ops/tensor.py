@@ -245,7 +245,8 @@ def Pad(data, pads, constant_value=None, axes=None, mode="constant"):
 
 @kernel("Range", since=11)
 def Range(start, limit, delta):
-    return np.arange(start, limit, delta).astype(start.dtype, copy=False)
+    s, lim, d = (v.reshape(-1)[0] for v in (start, limit, delta))
+    return np.arange(s, lim, d).astype(start.dtype, copy=False)
 
 
 @kernel("EyeLike", since=9)
@@ -395,9 +396,10 @@ def DepthToSpace(x, blocksize, mode="DCR"):
 
 
 @kernel("SpaceToDepth", since=1)
-def SpaceToDepth(x, blocksize):
+def SpaceToDepth(x, blocksize, mode="DCR"):
     n, c, h, w = x.shape
     b = blocksize
-    t = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    t = x.reshape(n, c, h // b, b, w // b, b)
+    t = t.transpose(0, 3, 5, 1, 2, 4) if mode == "DCR" else t.transpose(0, 1, 3, 5, 2, 4)
     return t.reshape(n, c * b * b, h // b, w // b)
 
