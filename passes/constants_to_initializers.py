@@ -1,4 +1,4 @@
-"""ConstantsToInitializers: Constant nodes become initializers; initializers listed as graph inputs stop being inputs."""
+"""ConstantsToInitializers: Constant nodes become initializers; initializer graph inputs become plain ones."""
 
 from __future__ import annotations
 

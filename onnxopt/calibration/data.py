@@ -91,17 +91,17 @@ class _Validator:
         where = f"calibration sample {index} ({self.origin})"
         if not isinstance(sample, Mapping):
             raise UserError(f"{where}: expected a dict of input name -> array, got {type(sample).__name__}")
-        unknown = sorted(set(sample) - set(self.specs))
-        if unknown:
-            raise UserError(
-                f"{where}: unknown input {unknown[0]!r}; the model's inputs are {sorted(self.specs)}"
-            )
         missing = sorted(set(self.specs) - set(sample))
         if missing:
             dt, sh = self.specs[missing[0]]
             raise UserError(
                 f"{where}: input {missing[0]!r} is missing (expected {_fmt(dt, sh)}); "
                 f"the sample has {sorted(sample)}"
+            )
+        unknown = sorted(set(sample) - set(self.specs))
+        if unknown:
+            raise UserError(
+                f"{where}: unknown input {unknown[0]!r}; the model's inputs are {sorted(self.specs)}"
             )
         return {name: self._check(where, name, sample[name]) for name in self.specs}
 

@@ -17,6 +17,7 @@ RNG = np.random.default_rng(0)
 
 def ort_node(op, inputs: dict, n_out=1, opset=17, **attrs):
     """Run one node in onnxruntime with graph optimizations disabled (values of ``inputs`` are feeds)."""
+    inputs = {k: np.asarray(v) for k, v in inputs.items()}
     names = list(inputs)
     node = helper.make_node(op, names, [f"y{i}" for i in range(n_out)], **attrs)
     ins = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in inputs.items()]
