@@ -46,7 +46,7 @@ def run_model(model_path: str | Path, inputs: Mapping[str, np.ndarray], engine: 
 def _pack(arr: np.ndarray) -> tuple[np.ndarray, str]:
     """Arrays of non-builtin dtypes (ml_dtypes int4, float8...) are stored as raw bytes plus their dtype name."""
     arr = np.asarray(arr)
-    if arr.dtype.isbuiltin:
+    if not arr.dtype.type.__module__.startswith("ml_dtypes"):
         return arr, ""
     return arr.view(np.dtype(f"u{arr.dtype.itemsize}")), arr.dtype.name
 
@@ -139,7 +139,8 @@ class GoldenReport:
         return all(r.ok for r in self.rows)
 
     def table(self) -> str:
-        head = f"{'output':<24} {'shape':<18} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'cosine':>10} {'limit':<26} ok"
+        head = (f"{'output':<24} {'shape':<18} {'dtype':<8} {'max abs':>10} {'max rel':>10} {'cosine':>10} "
+                f"{'limit':<26} ok")
         lines = [head, "-" * len(head)]
         for r in self.rows:
             lines.append(f"{r.name[:24]:<24} {str(r.shape)[:18]:<18} {r.dtype:<8} {r.max_abs:>10.3g} {r.max_rel:>10.3g}"

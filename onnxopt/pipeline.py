@@ -17,6 +17,7 @@ from onnxopt.inspect_model import node_count, op_histogram
 from onnxopt.ir import Model
 from onnxopt.model_io import check_writable, load_model, save_model
 from onnxopt.pass_manager import PassContext, PassManager
+from onnxopt.quant_report import open_calibration, quantization_report
 from onnxopt.verify import compare_outputs, format_diffs, load_feeds, make_feeds, make_pass_verifier, run_model
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
 
     target = get_target(options.target)
     ctx = PassContext(target=target.name, options=options.pass_options())
+    held = open_calibration(proto, ctx)  # options["calibration"] -> ctx.calibration, held-back samples
     feeds = _feeds_for(proto, options)
     verifier = None
     if options.debug and feeds is not None:
@@ -81,6 +83,9 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
         "declines": _summarize_declines(ctx),
         "lint": [str(v) for v in target.lint(out)],
     }
+    quant = quantization_report(proto, out, ctx, held)
+    if quant is not None:
+        report["quantization"] = quant
     if options.verify and feeds is not None:
         report["verify"] = _verify(proto, out, feeds, options, lossy=manager_report.lossy_changes)
     return out, report

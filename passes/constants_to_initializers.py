@@ -30,7 +30,7 @@ class ConstantsToInitializers(Pass):
         for graph in list(iter_graphs(model.graph)):
             touched = False
             for node in list(graph.nodes):
-                if node.op != "Constant" or node.domain not in ("", "ai.onnx"):
+                if node.op != "Constant" or (node.domain or "") not in ("", "ai.onnx"):
                     continue
                 reason = self._check(node, graph)
                 if reason:
@@ -44,11 +44,20 @@ class ConstantsToInitializers(Pass):
                 stats["constants"] += 1
             if touched:
                 graph.nodes = [n for n in graph.nodes if n.outputs or n.op != "Constant"]
+        graph = model.graph
         if not ctx.option("keep_initializer_inputs", False):
-            graph = model.graph
             kept = [t for t in graph.inputs if not isinstance(t, gs.Constant)]
             stats["initializer_inputs"] = len(graph.inputs) - len(kept)
             graph.inputs = kept
+        else:
+            # onnx-graphsurgeon's importer drops initializers from the inputs; the loader may record their names.
+            listed = {t.name for t in graph.inputs}
+            tensors = graph.tensors()
+            for name in getattr(model.meta, "initializer_inputs", ()) or ():
+                t = tensors.get(name)
+                if isinstance(t, gs.Constant) and name not in listed:
+                    graph.inputs.append(t)
+                    stats["initializer_inputs_kept"] = stats.get("initializer_inputs_kept", 0) + 1
         return PassResult(any(stats.values()), {k: v for k, v in stats.items() if v})
 
     @staticmethod

@@ -55,7 +55,7 @@ def bias_of(node: gs.Node) -> tuple[np.ndarray | None, str | None]:
 def weighted_producer(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Node | None, str | None]:
     """The Conv/ConvTranspose/Gemm writing ``t`` when it can be rewritten in place, else (None, reason)."""
     prod = producer(t)
-    if prod is None or prod.op not in WEIGHTED or prod.domain not in ("", "ai.onnx"):
+    if prod is None or prod.op not in WEIGHTED or prod.domain not in (None, "", "ai.onnx"):
         return None, "input is not produced by a Conv, ConvTranspose or Gemm"
     if not any(n is prod for n in graph.nodes):
         return None, "the producer is in another graph"

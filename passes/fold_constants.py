@@ -53,7 +53,9 @@ def _np_eval(node: gs.Node, vals: Sequence[np.ndarray | None], opset: int) -> li
         value = a.get("value")
         fill = np.asarray(value.values if isinstance(value, gs.Constant) else
                           (value if value is not None else np.zeros(1, np.float32)))
-        return [np.full(tuple(_ints(x)), fill.reshape(-1)[0], dtype=fill.dtype)]
+        first = fill.reshape(-1)[0]
+        shape = tuple(_ints(x))
+        return [np.zeros(shape, fill.dtype) if first == 0 else np.full(shape, first, dtype=fill.dtype)]
     if op in ("Unsqueeze", "Squeeze"):
         axes = _ints(vals[1]) if opset >= 13 and len(vals) > 1 and vals[1] is not None else list(a.get("axes", []))
         if op == "Squeeze":
@@ -180,7 +182,7 @@ def feeds_only_parameters(node: gs.Node) -> bool:
 def decline_reason(node: gs.Node, graph: gs.Graph, vals: Sequence[np.ndarray | None]) -> str | None:
     if node.op in NONDETERMINISTIC:
         return "nondeterministic op"
-    if node.domain not in DEFAULT_DOMAINS:
+    if (node.domain or "") not in DEFAULT_DOMAINS:
         return f"op of domain '{node.domain}' is not folded"
     if any(True for _ in subgraphs_of(node)):
         return "op with subgraphs is not folded"
@@ -236,7 +238,7 @@ def fold_graph(graph: gs.Graph, opset: int, ctx: PassContext, pass_name: str) ->
         node.inputs.clear()
         for t, value in zip(targets, outs, strict=False):
             if t.name:
-                t.to_constant(np.ascontiguousarray(value))
+                t.to_constant(np.asarray(value, order="C"))
         folded.add(id(node))
     if folded:
         graph.nodes = [n for n in graph.nodes if id(n) not in folded]

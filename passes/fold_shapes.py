@@ -69,7 +69,7 @@ def _replace_output(node: gs.Node, value: np.ndarray) -> None:
     out = node.outputs[0]
     node.outputs.clear()
     node.inputs.clear()
-    out.to_constant(np.ascontiguousarray(value))
+    out.to_constant(np.asarray(value, order="C"))
 
 
 @register_pass
@@ -93,7 +93,7 @@ class FoldShapes(Pass):
         for graph in list(iter_graphs(model.graph)):
             done: set[int] = set()
             for node in list(graph.nodes):
-                if node.op not in ("Shape", "Size") or node.domain not in DEFAULT_DOMAINS or not node.outputs:
+                if node.op not in ("Shape", "Size") or (node.domain or "") not in DEFAULT_DOMAINS or not node.outputs:
                     continue
                 where = f"{node.op} '{node.name}'"
                 if isinstance(node.inputs[0], gs.Constant):

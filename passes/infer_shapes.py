@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onnx, update_import_domains
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from onnxopt.ir import Model, is_graph_input, iter_graphs
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
@@ -31,22 +34,26 @@ def _known(shape: list | None) -> int:
 
 
 def _proto_without_weights(model: Model) -> onnx.ModelProto:
-    """The model with large main-graph initializers turned into typed graph inputs (no data to copy or check)."""
-    proto = model.to_onnx()
-    g = proto.graph
-    inputs = {i.name for i in g.input}
-    keep = []
-    for t in g.initializer:
-        n = 1
-        for d in t.dims:
-            n *= d
-        if n >= _WEIGHT_MIN_ELEMENTS:
-            if t.name not in inputs:
-                g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-        else:
-            keep.append(t)
-    del g.initializer[:]
-    g.initializer.extend(keep)
+    """The model as protobuf, its large main-graph constants as typed graph inputs: no weight bytes are copied."""
+    graph = model.graph
+    inputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.inputs]
+    outputs = [OnnxExporter.export_value_info_proto(t, False) for t in graph.outputs]
+    io = {t.name for t in graph.inputs + graph.outputs}
+    inits, value_info = [], []
+    for name, t in graph.tensors().items():
+        if isinstance(t, gs.Constant):
+            if isinstance(t._values, SparseValues) or math.prod(t.shape) >= _WEIGHT_MIN_ELEMENTS:
+                if name not in io:
+                    inputs.append(helper.make_tensor_value_info(name, dtype_to_onnx(t.export_dtype), t.shape))
+            else:
+                inits.append(OnnxExporter.export_tensor_proto(t))
+        elif name not in io and (t.dtype is not None or t.shape is not None):
+            value_info.append(OnnxExporter.export_value_info_proto(t, False))
+    nodes = [OnnxExporter.export_node(n) for n in graph.nodes]
+    g = helper.make_graph(nodes, graph.name or "main", inputs, outputs, initializer=inits, value_info=value_info)
+    proto = helper.make_model(g, opset_imports=update_import_domains(graph),
+                              functions=[OnnxExporter.export_function(f) for f in graph.functions])
+    proto.ir_version = max(helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True), 7)
     return proto
 
 
@@ -111,8 +118,8 @@ class InferShapes(Pass):
     Rewrites: intermediate tensors (subgraphs included) get the dtype and shape onnx infers; a dim it
     knows statically replaces an unknown or symbolic one, a symbolic dim stays symbolic (nothing is
     specialised: graph inputs are never touched, graph outputs only get what they lacked).
-    Inference runs on a copy whose large initializers are typed inputs, so weights are neither copied
-    through inference nor limited by protobuf's 2 GB (past that, infer_shapes_path on a temporary file).
+    Inference runs on an export whose large main-graph initializers are typed inputs, so weights are never
+    copied through inference nor count toward protobuf's 2 GB (past that, infer_shapes_path on a file).
     Declines: a model onnx cannot infer (the reason is logged and recorded; the model is unchanged);
     tensors whose type is not a tensor type (sequences, maps, optionals) are left alone.
     Reports changed only when some tensor gained information, so it can sit in a fixed-point group.

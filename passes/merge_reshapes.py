@@ -7,8 +7,8 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.ir import constant_value, make_constant, opset_of, producer, unique_name
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
 from onnxopt.passes.remove_noops import default_domain, shape_of
+from onnxopt.rewrite import Rewrite, RewritePass
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 INFER = "infer"
@@ -121,7 +121,7 @@ def _copy_source(inner: gs.Node, graph: gs.Graph, i: int):
 
 def _merged_shape(node: gs.Node, graph: gs.Graph) -> tuple[list[int] | None, str | None]:
     inner = producer(node.inputs[0])
-    if inner is None or inner.op not in VIEW_OPS or inner.domain not in ("", "ai.onnx"):
+    if inner is None or inner.op not in VIEW_OPS or inner.domain not in (None, "", "ai.onnx"):
         return None, "input is not produced by a Reshape/Flatten/Squeeze/Unsqueeze"
     if inner.op == "Reshape" and _reshape_shape(inner) is None:
         return None, "inner Reshape's shape is not a constant (or allowzero with zeros)"
@@ -152,7 +152,7 @@ def _merged_shape(node: gs.Node, graph: gs.Graph) -> tuple[list[int] | None, str
         copies.append(False)
     if infers > 1:
         return None, "more than one dim would be inferred"
-    if any(d == 0 and not c for d, c in zip(out, copies)):
+    if any(d == 0 and not c for d, c in zip(out, copies, strict=False)):
         return None, "zero-size dims"
     return out, None
 

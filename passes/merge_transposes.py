@@ -6,8 +6,8 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.ir import bypass_node, producer
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
 from onnxopt.passes.remove_noops import bypass_reason, default_domain, shape_of
+from onnxopt.rewrite import Rewrite, RewritePass
 
 
 def _perm(node: gs.Node) -> list[int] | None:
@@ -20,7 +20,7 @@ def _perm(node: gs.Node) -> list[int] | None:
 
 def _inner(node: gs.Node) -> gs.Node | None:
     inner = producer(node.inputs[0])
-    if inner is None or inner.op != "Transpose" or inner.domain not in ("", "ai.onnx"):
+    if inner is None or inner.op != "Transpose" or inner.domain not in (None, "", "ai.onnx"):
         return None
     return inner
 

@@ -138,7 +138,7 @@ def _check_reshape(node, graph, ctx):
         return "changes the rank"
     allowzero = node.attrs.get("allowzero", 0)
     minus_one = 0
-    for want, have in zip(shape, in_shape):
+    for want, have in zip(shape, in_shape, strict=False):
         if want == 0 and not allowzero:
             continue
         if want == -1:
@@ -198,7 +198,9 @@ def _check_slice(node, graph, ctx):
         axes = list(range(len(starts)))
     if steps is None:
         steps = [1] * len(starts)
-    for start, end, axis, step in zip(starts, ends, axes, steps):
+    if not len(starts) == len(ends) == len(axes) == len(steps):
+        return "starts/ends/axes/steps of different lengths"
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
         if step != 1:
             return "step is not 1"
         dim = None
@@ -224,7 +226,7 @@ def _check_expand(node, graph, ctx):
         return "input rank unknown"
     if len(shape) > len(in_shape):
         return "adds dims"
-    for want, have in zip(reversed(shape), reversed(in_shape)):
+    for want, have in zip(reversed(shape), reversed(in_shape), strict=False):
         if want == 1 or (isinstance(have, (int, np.integer)) and want == have):
             continue
         return "broadcasts a dim" if isinstance(have, (int, np.integer)) else "input has dynamic dims"
@@ -272,7 +274,7 @@ def _check_arith(node, graph, ctx):
     elif len(cshape) > len(xshape):
         return "broadcasting adds dims"
     else:
-        for want, have in zip(reversed(cshape), reversed(xshape)):
+        for want, have in zip(reversed(cshape), reversed(xshape), strict=False):
             if want == 1 or (isinstance(have, (int, np.integer)) and want == have):
                 continue
             return "broadcasting changes the shape" if isinstance(have, (int, np.integer)) else "input has dynamic dims"
@@ -287,7 +289,7 @@ def _check_arith(node, graph, ctx):
 def default_domain(check):
     """Wrap a check so that it declines nodes of any domain but the default one (their semantics are unknown)."""
     def wrapped(node, graph, ctx):
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in (None, "", "ai.onnx"):
             return f"domain '{node.domain}' is not the default one"
         return check(node, graph, ctx)
     return wrapped

@@ -6,7 +6,7 @@ from onnxopt.errors import UserError
 
 from .base import Target, Violation
 
-_TARGET_MODULES = ("generic",)
+_TARGET_MODULES = ("generic", "x86_vnni", "x86_avx2", "arm", "tensorrt")
 
 
 def all_targets() -> dict[str, type[Target]]:

@@ -1,13 +1,112 @@
-"""The quantization step of every target's recipe, shaped by the target's QuantScheme and the user's options."""
+"""The quantization step of every target's recipe, shaped by the target's QuantScheme and the user's options.
+
+``options["quantize"]``:
+
+- ``"none"``: the model stays float;
+- ``"static"``: QDQ insertion from calibrated ranges (QuantizeStatic); needs calibration data;
+- ``"dynamic"``: int8 MatMul/Gemm weights, activations quantized at run time (QuantizeDynamic);
+- ``"auto"`` (the default) picks per model, by this rule (``choose_mode``):
+
+  1. **transformer-style** (the graph has MatMul/Gemm with constant weights and either a Softmax, a
+     LayerNormalization, an Erf, or a normalization written with ReduceMean, and no Conv holding more weights
+     than those MatMuls): **dynamic**, with or without data. Measured (bench/quantize_vs_ort.py): on the BERT
+     zoo model and MiniLM dynamic is as fast as static (both about 2x FP32 at batch 1) and much closer to FP32
+     (cosine 0.9999+ vs 0.999), because the activations of attention and GELU are not clipped to a calibrated
+     range;
+  2. otherwise, **with calibration data: static** (convolutional models: 2.4-3.4x faster than FP32 with
+     QLinearConv, which dynamic quantization cannot reach);
+  3. otherwise, **without data: dynamic** when MatMul/Gemm hold at least as many weights as Conv (it needs no
+     data; a CNN's small classifier Gemm alone is not worth it), else nothing; one warning line says so and
+     how to pass data (``--calib data.npz``).
+
+Random calibration data is never invented.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from onnxopt.pass_manager import FixedPoint, Pass
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.errors import UserError
+from onnxopt.ir import Model, constant_value, iter_graphs
+from onnxopt.pass_manager import FixedPoint, Pass, PassContext, PassResult
 from onnxopt.quant_scheme import QuantScheme
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "static", "dynamic", "none")
+_TRANSFORMER_MARKERS = {"Softmax", "LayerNormalization", "Erf", "Gelu", "ReduceMean", "SkipLayerNormalization"}
+NO_DATA = ("no calibration data: activations are not quantized{extra}; pass representative inputs with "
+           "--calib data.npz (arrays keyed by input name, sample axis first) to quantize them")
+
+
+def _weight_counts(graph: gs.Graph) -> tuple[int, int, set[str]]:
+    conv = matmul = 0
+    ops: set[str] = set()
+    for g in iter_graphs(graph):
+        for node in g.nodes:
+            ops.add(node.op)
+            if node.op in ("Conv", "ConvTranspose") and len(node.inputs) > 1:
+                w = constant_value(node.inputs[1])
+                conv += 0 if w is None else int(np.asarray(w).size)
+            elif node.op in ("MatMul", "Gemm") and len(node.inputs) > 1:
+                w = constant_value(node.inputs[1])
+                if w is not None and np.asarray(w).ndim == 2:
+                    matmul += int(np.asarray(w).size)
+    return conv, matmul, ops
+
+
+def choose_mode(model: Model, requested: str, has_data: bool) -> str:
+    """The mode to run: ``requested`` unless it is ``auto`` (see the module docstring for the rule)."""
+    if requested != "auto":
+        return requested
+    conv, matmul, ops = _weight_counts(model.graph)
+    if matmul and matmul >= conv and ops & _TRANSFORMER_MARKERS:
+        return "dynamic"
+    if has_data:
+        return "static"
+    return "dynamic" if matmul and matmul >= conv else "none"
+
+
+class QuantizeAuto(Pass):
+    """Choose static, dynamic or no quantization for this model (options["quantize"]), then run it."""
+
+    lossless = False
+
+    def __init__(self, scheme: QuantScheme | None, mode: str):
+        self.scheme = scheme
+        self.mode = mode
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        from onnxopt.passes.quantize_dynamic import QuantizeDynamic
+        from onnxopt.passes.quantize_static import QuantizeStatic
+
+        has_data = ctx.calibration is not None
+        mode = choose_mode(model, self.mode, has_data)
+        if mode == "static" and not has_data:
+            raise UserError("--quantize static needs calibration data; pass --calib data.npz "
+                            "(or use --quantize dynamic, which needs none)")
+        if not has_data and self.mode in ("auto", "dynamic"):
+            log.warning(NO_DATA.format(extra=" (dynamic quantization of MatMul/Gemm weights only)"
+                                       if mode == "dynamic" else ""))
+        ctx.cache["quantize_mode"] = mode
+        if self.scheme is not None:
+            ctx.options.setdefault("scheme", self.scheme)
+        if mode == "static":
+            return QuantizeStatic().run(model, ctx)
+        if mode == "dynamic":
+            return QuantizeDynamic().run(model, ctx)
+        return PassResult(False)
 
 
 def quantize_steps(scheme: QuantScheme | None, options: dict[str, Any]) -> list[Pass | FixedPoint]:
     """Passes that quantize per ``scheme`` and ``options['quantize']``; empty when the target keeps float."""
-    return []
+    mode = options.get("quantize") or "auto"
+    if mode not in MODES:
+        raise UserError(f"unknown quantize mode {mode!r}; choose one of {', '.join(MODES)}")
+    if scheme is None or mode == "none":
+        return []
+    return [QuantizeAuto(scheme, mode)]

@@ -136,7 +136,7 @@ class RunningStats:
         if self.channel_axis is not None:
             self._update_channels(np.asarray(x))
         if self.hist is not None:
-            self.hist.update(flat, max(abs(mn), abs(mx)))
+            self.hist.update(flat, max(abs(mn), abs(mx)), bad > 0)
 
     def _update_channels(self, x: np.ndarray) -> None:
         axis = self.channel_axis

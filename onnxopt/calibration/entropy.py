@@ -25,7 +25,7 @@ __all__ = [
 
 
 @njit(cache=True, nogil=True)
-def _scan(x):  # pragma: no cover - jitted
+def _scan(x):  # pragma: no cover - jitted; the slow path, for arrays holding NaN or inf
     mn = np.inf
     mx = -np.inf
     sabs = 0.0
@@ -43,25 +43,43 @@ def _scan(x):  # pragma: no cover - jitted
     return float(mn), float(mx), sabs, bad
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _sum_abs(x):  # pragma: no cover - jitted; reassociation lets it vectorize, NaN/inf still propagate
+    s = 0.0
+    for i in range(x.size):
+        s += abs(np.float64(x[i]))
+    return s
+
+
 @njit(cache=True, nogil=True)
-def _bin(x, hist, r):  # pragma: no cover - jitted
+def _bin(x, hist, r, check):  # pragma: no cover - jitted
     nb = hist.size
     half = nb // 2
     scale = half / r
-    for i in range(x.size):
+    # four interleaved partial histograms break the store-to-load chain when values repeat a bin
+    part = np.zeros((4, nb), dtype=np.int64)
+    n = x.size
+    for i in range(n):
         v = x[i]
-        if not np.isfinite(v):
+        if check and not np.isfinite(v):
             continue
-        k = int(math.floor(v * scale)) + half
-        if k < 0:
-            k = 0
-        elif k >= nb:
+        f = v * scale + half
+        k = int(f) if f > 0 else 0
+        if k >= nb:
             k = nb - 1
-        hist[k] += 1
+        part[i & 3, k] += 1
+    for j in range(4):
+        for k in range(nb):
+            hist[k] += part[j, k]
 
 
 def scan(x: np.ndarray) -> tuple[float, float, float, int]:
-    """(min, max, sum |x|, count of NaN/inf) of the finite values of a flat float array, in one pass."""
+    """(min, max, sum |x|, count of NaN/inf) of the finite values of a flat float array."""
+    if x.size == 0:
+        return np.inf, -np.inf, 0.0, 0
+    mn, mx = float(x.min()), float(x.max())  # SIMD in numpy; NaN propagates
+    if math.isfinite(mn) and math.isfinite(mx):
+        return mn, mx, _sum_abs(x), 0
     return _scan(x)
 
 
@@ -76,11 +94,15 @@ class StreamingHistogram:
         self.range = 0.0  # R; 0 until a nonzero value arrives
         self._zeros = 0  # zeros seen while R == 0
 
-    def update(self, flat: np.ndarray, absmax: float | None = None) -> None:
-        """Add a flat float32/float64 array; ``absmax`` (max |x| over its finite values) if already known."""
+    def update(self, flat: np.ndarray, absmax: float | None = None, nonfinite: bool = True) -> None:
+        """Add a flat float32/float64 array.
+
+        ``absmax`` (max |x| over its finite values) and ``nonfinite`` (whether it holds NaN/inf) when known.
+        """
         if absmax is None:
-            mn, mx, _, _ = _scan(flat)
+            mn, mx, _, bad = scan(flat)
             absmax = max(abs(mn), abs(mx)) if mn <= mx else 0.0
+            nonfinite = bad > 0
         if absmax == 0.0:
             if self.range == 0.0:
                 self._zeros += int(np.count_nonzero(flat == 0))
@@ -91,7 +113,7 @@ class StreamingHistogram:
             self._zeros = 0
         while absmax > self.range:
             self._double()
-        _bin(flat, self.counts, self.range)
+        _bin(flat, self.counts, self.range, nonfinite)
 
     def _double(self) -> None:
         merged = self.counts.reshape(-1, 2).sum(axis=1)
@@ -125,49 +147,47 @@ class StreamingHistogram:
 
 @njit(cache=True, nogil=True)
 def _entropy_search(hist, start, levels):  # pragma: no cover - jitted
+    # O(levels) per candidate with prefix sums: for chunk j with count c_j over nz_j nonempty bins every
+    # nonempty bin has q = c_j / nz_j, so sum_k p_k log q_k = sum_j c_j log(c_j / nz_j) (+ the outliers
+    # folded into the last bin), and sum_k p_k log p_k comes from a prefix sum of h log h.
     n = hist.size
-    suffix = np.zeros(n + 1)
-    for k in range(n - 1, -1, -1):
-        suffix[k] = suffix[k + 1] + hist[k]
-    p = np.empty(n)
-    q = np.empty(n)
+    csum = np.zeros(n + 1)
+    cnz = np.zeros(n + 1, dtype=np.int64)
+    chlh = np.zeros(n + 1)
+    for k in range(n):
+        h = hist[k]
+        csum[k + 1] = csum[k] + h
+        cnz[k + 1] = cnz[k] + (1 if h > 0 else 0)
+        chlh[k + 1] = chlh[k] + (h * math.log(h) if h > 0 else 0.0)
+    total = csum[n]
     best_i = n
     best_kl = np.inf
     for i in range(start, n + 1):
-        psum = 0.0
-        for k in range(i):
-            p[k] = hist[k]
-        p[i - 1] += suffix[i]
-        for k in range(i):
-            psum += p[k]
-        qsum = 0.0
+        outliers = total - csum[i]
+        last = hist[i - 1]
+        if last == 0 and outliers > 0:
+            continue  # p > 0 where q == 0: infinite divergence
+        qsum = csum[i]
+        if total == 0.0 or qsum == 0.0:
+            continue
+        plast = last + outliers
+        plogp = chlh[i - 1] + (plast * math.log(plast) if plast > 0 else 0.0)
+        plogq = 0.0
+        qlast = 0.0
         for j in range(levels):
             a = (j * i) // levels
             b = ((j + 1) * i) // levels
-            s = 0.0
-            nz = 0
-            for k in range(a, b):
-                s += hist[k]
-                if hist[k] > 0:
-                    nz += 1
-            for k in range(a, b):
-                if hist[k] > 0:
-                    q[k] = s / nz
-                else:
-                    q[k] = 0.0
-            qsum += s
-        if psum == 0.0 or qsum == 0.0:
-            continue
-        kl = 0.0
-        ok = True
-        for k in range(i):
-            if p[k] > 0:
-                if q[k] == 0.0:
-                    ok = False
-                    break
-                pk = p[k] / psum
-                kl += pk * math.log(pk / (q[k] / qsum))
-        if ok and kl < best_kl:
+            c = csum[b] - csum[a]
+            nz = cnz[b] - cnz[a]
+            if c > 0:
+                qj = c / nz
+                plogq += c * math.log(qj)
+                if j == levels - 1:
+                    qlast = qj
+        if outliers > 0:
+            plogq += outliers * math.log(qlast)
+        kl = (plogp - plogq) / total + math.log(qsum / total)
+        if kl < best_kl:
             best_kl = kl
             best_i = i
     return best_i, best_kl

@@ -223,7 +223,7 @@ class Interpreter:
 
         def run_function(*args):
             env = dict(plan.constants)
-            for name, val in zip(plan.inputs, args):
+            for name, val in zip(plan.inputs, args, strict=False):
                 if name:
                     env[name] = val
             interp._exec(plan, env, None)
@@ -274,7 +274,7 @@ class Interpreter:
                 frees[i].append(n)
         for i, st in enumerate(steps):  # outputs nobody reads die at once
             frees[i].extend(o for o in st.outputs if o and o not in last and o not in keep)
-        for st, fr in zip(steps, frees):
+        for st, fr in zip(steps, frees, strict=False):
             st.free = tuple(fr)
         plan.steps = steps
         plan.outer = tuple(sorted(free_names(graph)))
@@ -325,7 +325,7 @@ class Interpreter:
                         f"input {name!r} expects rank {len(spec.shape)} (shape {list(spec.shape)}), given shape "
                         f"{list(arr.shape)}"
                     )
-                for axis, (want, got) in enumerate(zip(spec.shape, arr.shape)):
+                for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=False)):
                     if isinstance(want, int) and want > 0 and want != got:
                         raise UserError(
                             f"input {name!r} expects shape {list(spec.shape)}, given {list(arr.shape)} "
@@ -380,11 +380,12 @@ class Interpreter:
                 else:
                     res = step.fn(*args, **step.attrs)
                 if type(res) is tuple or type(res) is list:
-                    for name, val in zip(step.outputs, res):
+                    for name, val in zip(step.outputs, res, strict=False):
                         if name:
                             env[name] = val
                 else:
                     env[step.outputs[0]] = res
+                res = None  # hold no reference past the step, so frees take effect at once
                 if sink is not None:
                     cap_all, cap_set, emit = sink
                     for name in step.outputs:
@@ -410,7 +411,7 @@ class Interpreter:
             for n in plan.outer:
                 if n in outer_env:
                     env[n] = outer_env[n]
-            for name, val in zip(plan.inputs, inputs):
+            for name, val in zip(plan.inputs, inputs, strict=False):
                 env[name] = val
             self._exec(plan, env, sink)
             return [env[o] for o in plan.outputs]

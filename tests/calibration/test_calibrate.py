@@ -124,7 +124,10 @@ def _if_model():
 
     def branch(name, op):
         out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [4])
-        nodes = [helper.make_node(op, ["x"], [f"{name}_t"]), helper.make_node("Mul", [f"{name}_t", "two"], [f"{name}_out"])]
+        nodes = [
+            helper.make_node(op, ["x"], [f"{name}_t"]),
+            helper.make_node("Mul", [f"{name}_t", "two"], [f"{name}_out"]),
+        ]
         return helper.make_graph(nodes, name, [], [out])
 
     nodes = [

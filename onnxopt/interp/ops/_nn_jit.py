@@ -64,7 +64,9 @@ def col2im3d(cols, M, D, H, W, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, i
 
 @numba.njit(cache=True, nogil=True)
 def depthwise2d(xp, w, mult, sh, sw, dh, dw, oh, ow):  # pragma: no cover - jitted
-    """xp: padded (C, Hp, Wp); w: (C*mult, kh, kw) -> (C*mult, oh, ow). Output channel m reads channel m//mult."""
+    """xp: padded (C, Hp, Wp); w: (C*mult, kh, kw) -> (C*mult, oh, ow). Output channel m reads channel m//mult.
+
+    Rows are sliced before the inner loop so its indices are plain loop counters: LLVM vectorizes it."""  # noqa: D205
     M, kh, kw = w.shape
     out = np.zeros((M, oh, ow), dtype=xp.dtype)
     for m in range(M):
@@ -73,10 +75,32 @@ def depthwise2d(xp, w, mult, sh, sw, dh, dw, oh, ow):  # pragma: no cover - jitt
             for e in range(kw):
                 wv = w[m, b, e]
                 for y in range(oh):
-                    iy = y * sh + b * dh
-                    ix0 = e * dw
+                    orow = out[m, y]
+                    srow = xp[c, y * sh + b * dh, e * dw:]
+                    if sw != 1:
+                        srow = srow[::sw]
                     for xo in range(ow):
-                        out[m, y, xo] += wv * xp[c, iy, ix0 + xo * sw]
+                        orow[xo] += wv * srow[xo]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def maxpool2d(xp, kh, kw, sh, sw, dh, dw, oh, ow):  # pragma: no cover - jitted
+    """xp: (NC, Hp, Wp) padded with -inf (ceil_mode overhang included) -> (NC, oh, ow); no indices."""
+    NC = xp.shape[0]
+    out = np.full((NC, oh, ow), -np.inf, dtype=xp.dtype)
+    for n in range(NC):
+        for y in range(oh):
+            orow = out[n, y]
+            for b in range(kh):
+                for e in range(kw):
+                    srow = xp[n, y * sh + b * dh, e * dw:]
+                    if sw != 1:
+                        srow = srow[::sw]
+                    for xo in range(ow):
+                        v = srow[xo]
+                        if v > orow[xo]:
+                            orow[xo] = v
     return out
 
 

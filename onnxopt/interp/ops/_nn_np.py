@@ -8,16 +8,17 @@ import numpy as np
 
 
 def _window_slices(k_off, strides, dilations, out_shape):
-    return tuple(slice(o * d, o * d + (n - 1) * s + 1, s) for o, s, d, n in zip(k_off, strides, dilations, out_shape))
+    return tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
+                 for o, s, d, n in zip(k_off, strides, dilations, out_shape, strict=False))
 
 
 def im2col_nd(x, kernel, strides, dilations, pads_begin, pads_end, out_shape):
     """x: (C, *spatial) -> (C*prod(kernel), prod(out_shape)), rows ordered (c, k0, k1, ...)."""
     C = x.shape[0]
-    xp = np.pad(x, [(0, 0)] + [(b, e) for b, e in zip(pads_begin, pads_end)])
+    xp = np.pad(x, [(0, 0)] + [(b, e) for b, e in zip(pads_begin, pads_end, strict=False)])
     # windows may run past the end pads (never happens for valid shapes, but keep it safe)
-    need = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(out_shape, strides, kernel, dilations)]
-    extra = [max(0, nd - xs) for nd, xs in zip(need, xp.shape[1:])]
+    need = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(out_shape, strides, kernel, dilations, strict=False)]
+    extra = [max(0, nd - xs) for nd, xs in zip(need, xp.shape[1:], strict=False)]
     if any(extra):
         xp = np.pad(xp, [(0, 0)] + [(0, e) for e in extra])
     ksize = int(np.prod(kernel))
@@ -31,14 +32,14 @@ def im2col_nd(x, kernel, strides, dilations, pads_begin, pads_end, out_shape):
 def col2im_nd(cols, M, out_shape, kernel, strides, dilations, pads_begin, in_shape):
     """Transpose of im2col_nd: cols (M*prod(kernel), prod(in_shape)) -> (M, *out_shape)."""
     full = [max((n - 1) * s + (k - 1) * d + 1, o + b) for n, s, k, d, o, b in
-            zip(in_shape, strides, kernel, dilations, out_shape, pads_begin)]
+            zip(in_shape, strides, kernel, dilations, out_shape, pads_begin, strict=False)]
     buf = np.zeros((M, *full), dtype=cols.dtype)
     ksize = int(np.prod(kernel))
     c3 = cols.reshape(M, ksize, *in_shape)
     for i, k_off in enumerate(itertools.product(*[range(k) for k in kernel])):
         sl = _window_slices(k_off, strides, dilations, in_shape)
         buf[(slice(None),) + sl] += c3[:, i]
-    crop = tuple(slice(b, b + o) for b, o in zip(pads_begin, out_shape))
+    crop = tuple(slice(b, b + o) for b, o in zip(pads_begin, out_shape, strict=False))
     return buf[(slice(None),) + crop]
 
 
@@ -57,13 +58,13 @@ def depthwise_nd(xp, w, mult, strides, dilations, out_shape):
 def pool_nd(x, mode, p, kernel, strides, dilations, pads_begin, pads_end, out_shape):
     """x: (NC, *spatial). mode 0 max, 1 avg counting pads, 2 avg without pads, 3 Lp. No indices."""
     nd = len(kernel)
-    need = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(out_shape, strides, kernel, dilations)]
-    tail = [max(0, nd_ - (xs + b)) for nd_, xs, b in zip(need, x.shape[1:], pads_begin)]
-    padw = [(0, 0)] + [(b, t) for b, t in zip(pads_begin, tail)]
+    need = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(out_shape, strides, kernel, dilations, strict=False)]
+    tail = [max(0, nd_ - (xs + b)) for nd_, xs, b in zip(need, x.shape[1:], pads_begin, strict=False)]
+    padw = [(0, 0)] + [(b, t) for b, t in zip(pads_begin, tail, strict=False)]
     inside = np.pad(np.ones(x.shape[1:], dtype=bool), padw[1:])
     # positions inside the declared pads (for count_include_pad) but not the ceil_mode overhang
     declared = np.zeros(inside.shape, dtype=bool)
-    declared[tuple(slice(0, b + xs + e) for b, xs, e in zip(pads_begin, x.shape[1:], pads_end))] = True
+    declared[tuple(slice(0, b + xs + e) for b, xs, e in zip(pads_begin, x.shape[1:], pads_end, strict=False))] = True
     fill = -np.inf if mode == 0 else 0.0
     xp = np.pad(x.astype(np.float64), padw, constant_values=fill)
     out = np.full((x.shape[0], *out_shape), -np.inf if mode == 0 else 0.0)

@@ -54,7 +54,8 @@ def _scan(ctx, body, states, scan_inputs, in_axes, in_dirs, out_axes, out_dirs):
     outs_acc: list[list[np.ndarray]] = [[] for _ in range(n_out)]
     states = list(states)
     for t in range(seq):
-        slices = [np.take(x, seq - 1 - t if d else t, axis=a) for x, a, d in zip(scan_inputs, in_axes, in_dirs)]
+        slices = [np.take(x, seq - 1 - t if d else t, axis=a)
+                  for x, a, d in zip(scan_inputs, in_axes, in_dirs, strict=False)]
         outs = ctx.run_subgraph(body, states + slices)
         states = list(outs[:n_state])
         for k, o in enumerate(outs[n_state:]):

@@ -23,11 +23,16 @@ def Gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
 
 @kernel("MatMul", since=1)
 def MatMul(A, B):
+    if A.dtype.kind not in "biufc":  # bfloat16 and other ml_dtypes
+        return np.matmul(A.astype(np.float32), B.astype(np.float32)).astype(A.dtype)
     return np.matmul(A, B)
 
 
 @kernel("Einsum", since=12)
 def Einsum(*inputs, equation=""):
     eq = equation.replace(" ", "")
+    dt = inputs[0].dtype
+    if dt.kind not in "biufc":  # bfloat16 and other ml_dtypes: numpy's einsum cannot take them
+        inputs = tuple(i.astype(np.float32) for i in inputs)
     res = np.einsum(eq, *inputs, optimize=len(inputs) > 2)
-    return np.asarray(res, dtype=inputs[0].dtype)
+    return np.asarray(res).astype(dt)

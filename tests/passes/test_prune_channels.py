@@ -1,0 +1,109 @@
+"""PruneChannels + ReconstructWeights: valid models, the FLOPs asked for, exact no-op at 0, reconstruction helps."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from differential import apply_passes
+
+from onnxopt.analysis.flops import count_costs
+from onnxopt.models.zoo import build, sample_inputs
+from onnxopt.pass_manager import PassContext
+from onnxopt.passes.prune_channels import PruneChannels
+from onnxopt.passes.reconstruct_weights import ReconstructWeights
+from onnxopt.verify import compare_outputs, run_model
+
+_spec = importlib.util.spec_from_file_location(
+    "dg_models", Path(__file__).parents[1] / "analysis" / "test_dependency_groups.py")
+dg = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(dg)
+
+
+def _prune(proto, ratio, **opts):
+    ctx = PassContext(options={"prune": ratio, **opts}, calibration=opts.pop("calibration", None))
+    out, _ = apply_passes(proto, [PruneChannels(), ReconstructWeights()], ctx)
+    return out, ctx
+
+
+def _check_runs(before, after, feeds):
+    onnx.checker.check_model(after, full_check=True)
+    got = run_model(after, feeds, "onnxruntime", optimize=False)
+    ref = run_model(before, feeds, "onnxruntime", optimize=False)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in ref.items()}
+    try:
+        from onnxopt.interp import Interpreter  # noqa: F401
+    except ImportError:
+        return got
+    interp = run_model(after, feeds, "reference")
+    assert all(d.ok for d in compare_outputs(got, interp, rtol=1e-3, atol=1e-4))
+    return got
+
+
+@pytest.mark.parametrize("name", sorted(dg.MODELS))
+def test_structures_prune_to_valid_models(name):
+    proto = dg.MODELS[name]()
+    out, ctx = _prune(proto, 0.3, prune_min_keep=0.1)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    _check_runs(proto, out, feeds)
+    report = ctx.cache["prune_report"]
+    assert abs(report["flops_removed"] - 0.3) <= 0.05, report
+    assert count_costs(out).flops == report["flops_after"]
+    # static shapes kept
+    for vi in onnx.shape_inference.infer_shapes(out).graph.value_info:
+        assert all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim), vi.name
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenetv2"])
+def test_zoo_models(name):
+    proto = build(name)
+    out, ctx = _prune(proto, 0.4)
+    _check_runs(proto, out, sample_inputs(proto))
+    report = ctx.cache["prune_report"]
+    assert abs(report["flops_removed"] - 0.4) <= 0.05
+    assert report["params_after"] < report["params_before"]
+    assert any(layer["channels_after"] < layer["channels_before"] for layer in report["layers"])
+
+
+def test_ratio_zero_is_exact():
+    proto = build("small_cnn")
+    out, ctx = _prune(proto, 0.0)
+    feeds = sample_inputs(proto)
+    ref, got = run_model(proto, feeds), run_model(out, feeds)
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+    assert "prune_report" not in ctx.cache
+
+
+def test_round_to_and_cap():
+    proto = dg.c2f()
+    out, ctx = _prune(proto, 0.3, prune_round_to=8, prune_min_keep=0.5)
+    for layer in ctx.cache["prune_report"]["layers"]:
+        assert layer["channels_after"] % 8 == 0 or layer["channels_after"] == layer["channels_before"]
+        assert layer["channels_after"] >= layer["channels_before"] / 2
+
+
+@pytest.mark.parametrize("criterion", ["l2", "bn", "activation", "reconstruction"])
+def test_criteria_run(criterion):
+    proto = build("small_cnn")
+    calib = [sample_inputs(proto, seed=i) for i in range(4)]
+    out, ctx = _prune(proto, 0.3, prune_criterion=criterion, calibration=calib)
+    _check_runs(proto, out, sample_inputs(proto))
+
+
+def test_reconstruction_improves_fidelity():
+    proto = dg.c2f()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(32)]
+    held = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+
+    def err(mode):
+        out, _ = _prune(proto, 0.4, prune_reconstruct=mode, calibration=calib)
+        ref = [run_model(proto, f)["out"] for f in held]
+        got = [run_model(out, f)["out"] for f in held]
+        return float(np.mean([np.sum((r - g) ** 2) / np.sum(r ** 2) for r, g in zip(ref, got, strict=True)]))
+
+    none, bias, ls = err("none"), err("bias"), err("ls")
+    assert ls < none and bias < none, (none, bias, ls)

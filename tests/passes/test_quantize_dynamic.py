@@ -1,0 +1,85 @@
+"""QuantizeDynamic: MatMul/Gemm with constant weights -> DynamicQuantizeLinear + MatMulInteger; declines."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from differential import apply_passes, op_types
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from onnxopt.models.zoo import build, sample_inputs
+from onnxopt.pass_manager import PassContext
+from onnxopt.passes.quantize_dynamic import QuantizeDynamic
+from onnxopt.verify import compare_arrays, run_model
+
+RNG = np.random.default_rng(1)
+
+
+def f32(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def dynamic(proto, **options):
+    ctx = PassContext(options=options)
+    out, _ = apply_passes(proto, [QuantizeDynamic()], ctx)
+    onnx.checker.check_model(out, full_check=True)
+    ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    return out, ctx
+
+
+def test_bert_dynamic_fidelity():
+    m = build("bert")
+    out, ctx = dynamic(m)
+    ops = Counter(op_types(out))
+    assert ops["MatMulInteger"] > 0 and ops["DynamicQuantizeLinear"] == ops["MatMulInteger"]
+    assert any(t.data_type == T.INT8 for t in out.graph.initializer)
+    feeds = sample_inputs(m, seed=3)
+    ref, got = run_model(m, feeds), run_model(out, feeds)
+    for k in ref:
+        if ref[k].dtype.kind == "f":
+            assert compare_arrays(k, ref[k], got[k]).cosine > 0.99
+    # the interpreter runs the integer form too, and agrees with onnxruntime closely
+    interp = run_model(out, feeds, "reference")
+    for k in got:
+        if got[k].dtype.kind == "f":
+            assert compare_arrays(k, got[k], interp[k]).cosine > 0.999
+
+
+def _gemm_model(trans_b=1, alpha=1.0, w_const=True):
+    w = f32(6, 4) if trans_b else f32(4, 6)
+    inits = [nh.from_array(f32(6), "c")] + ([nh.from_array(w, "w")] if w_const else [])
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, [2, 4])]
+    if not w_const:
+        inputs.append(h.make_tensor_value_info("w", T.FLOAT, list(w.shape)))
+    nodes = [h.make_node("Gemm", ["x", "w", "c"], ["y"], name="gemm", transB=trans_b, alpha=alpha)]
+    g = h.make_graph(nodes, "g", inputs, [h.make_tensor_value_info("y", T.FLOAT, [2, 6])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_gemm_trans_b_and_bias():
+    for tb in (0, 1):
+        m = _gemm_model(tb)
+        out, _ = dynamic(m)
+        assert "Gemm" not in op_types(out) and "Add" in op_types(out)
+        feeds = {"x": f32(2, 4)}
+        assert compare_arrays("y", run_model(m, feeds)["y"], run_model(out, feeds)["y"]).cosine > 0.995
+
+
+def test_declines():
+    _, ctx = dynamic(_gemm_model(alpha=2.0))
+    assert ctx.declines[0].reason == "Gemm with transA or alpha/beta != 1"
+    m = _gemm_model(w_const=False)
+    out, ctx = dynamic(m)
+    assert ctx.declines[0].reason == "weight is not a constant" and "Gemm" in op_types(out)
+    _, ctx = dynamic(_gemm_model(), exclude_nodes=["gemm"])
+    assert ctx.declines[0].reason == "excluded by name"
+    _, ctx = dynamic(_gemm_model(), exclude_ops=["Gemm"])
+    assert ctx.declines[0].reason == "op type excluded"
+    old = _gemm_model()
+    old.opset_import[0].version = 10
+    ctx = PassContext()
+    apply_passes(old, [QuantizeDynamic()], ctx)
+    assert "needs opset 11" in ctx.declines[0].reason

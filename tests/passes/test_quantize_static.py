@@ -1,0 +1,229 @@
+"""QuantizeStatic: QDQ placement, int8 weights / int32 bias, scale sharing, subgraphs, exclusions, declines."""
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from differential import apply_passes, op_types
+from onnx import TensorProto as T
+from onnx import helper as h
+from onnx import numpy_helper as nh
+
+from onnxopt.models.zoo import build, sample_inputs
+from onnxopt.pass_manager import PassContext
+from onnxopt.passes.canonicalize import canonicalize
+from onnxopt.passes.quantize_static import QuantizeStatic, activation_params, weight_params
+from onnxopt.quant_scheme import QuantScheme, TensorQuant
+from onnxopt.verify import compare_arrays, run_model
+
+RNG = np.random.default_rng(0)
+CANON = {"min_opset": 13, "skip": ["DeduplicateInitializers"]}
+
+
+def f32(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def quantize(proto, calib, canon=True, **options):
+    ctx = PassContext(options={**CANON, **options}, calibration=calib)
+    passes = (list(canonicalize(CANON)) if canon else []) + [QuantizeStatic()]
+    out, _ = apply_passes(proto, passes, ctx)
+    onnx.checker.check_model(out, full_check=True)
+    return out, ctx
+
+
+def cosine(before, after, feeds):
+    ref, got = run_model(before, feeds), run_model(after, feeds)
+    return min(compare_arrays(k, ref[k], got[k]).cosine for k in ref)
+
+
+def inits(proto):
+    return {t.name: nh.to_array(t) for t in proto.graph.initializer}
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_zoo_cnn_fidelity_and_size(name):
+    m = build(name)
+    calib = [sample_inputs(m, seed=i) for i in range(4 if name == "resnet18" else 8)]
+    out, ctx = quantize(m, calib)
+    assert cosine(m, out, sample_inputs(m, seed=99)) >= 0.99
+    weight_bytes = [sum(nh.to_array(t).nbytes for t in p.graph.initializer) for p in (m, out)]
+    assert weight_bytes[1] < weight_bytes[0] * 0.4  # int8 weights stored, not float
+    ops = Counter(op_types(out))
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
+    # every Conv reads a dequantized activation, an int8 per-channel weight and an int32 bias
+    by_out = {o: n for n in out.graph.node for o in n.output}
+    ini = inits(out)
+    for n in out.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w_dq = by_out[n.input[1]]
+        assert w_dq.op_type == "DequantizeLinear" and ini[w_dq.input[0]].dtype == np.int8
+        assert h.get_attribute_value(w_dq.attribute[0]) == 0  # axis 0
+        b_dq = by_out[n.input[2]]
+        assert ini[b_dq.input[0]].dtype == np.int32
+        x_dq = by_out[n.input[0]]
+        x_scale = ini[x_dq.input[1]]
+        np.testing.assert_allclose(ini[b_dq.input[1]], x_scale * ini[w_dq.input[1]], rtol=1e-6)
+
+
+def test_onnxruntime_and_interpreter_agree_within_steps():
+    m = build("small_cnn")
+    out, ctx = quantize(m, [sample_inputs(m, seed=i) for i in range(4)])
+    feeds = sample_inputs(m, seed=7)
+    ort_out = run_model(out, feeds, "onnxruntime", optimize=True)
+    ref_out = run_model(out, feeds, "reference")
+    params = ctx.cache["quant_params"]
+    for name, v in ort_out.items():
+        step = params[name]["scale"]
+        assert compare_arrays(name, ref_out[name], v, step=step, steps=3).ok
+
+
+def _conv_relu_model(opset=13):
+    w, b = f32(4, 3, 3, 3), f32(4)
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c"], ["r"], name="relu"),
+             h.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             h.make_node("Reshape", ["p", "shape"], ["y"], name="reshape"),
+             h.make_node("MatMul", ["y", "mw"], ["z"], name="mm")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("z", T.FLOAT, [1, 5])],
+                     [nh.from_array(w, "w"), nh.from_array(b, "b"), nh.from_array(np.array([1, 64], np.int64), "shape"),
+                      nh.from_array(f32(64, 5), "mw")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+
+
+def _scale_of(out, tensor):
+    """scale initializer of the QuantizeLinear that reads ``tensor``."""
+    ini = inits(out)
+    q = next(n for n in out.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    return float(ini[q.input[1]]), int(ini[q.input[2]])
+
+
+def test_relu_range_used_for_conv_output_and_scales_pass_through():
+    m = _conv_relu_model()
+    calib = [{"x": f32(1, 3, 8, 8)} for _ in range(4)]
+    out, _ = quantize(m, calib, canon=False)
+    conv_s, conv_zp = _scale_of(out, "c")
+    assert conv_zp == 0  # the Relu output's range [0, max] is used for the Conv output
+    assert _scale_of(out, "r") == (conv_s, conv_zp)
+    assert _scale_of(out, "p") == (conv_s, conv_zp)  # MaxPool keeps the scale
+    assert _scale_of(out, "y") == (conv_s, conv_zp)  # Reshape passes it through to the MatMul
+    mm_w = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.output[0].startswith("mw"))
+    assert h.get_attribute_value(mm_w.attribute[0]) == 1  # MatMul weight per output column
+    assert cosine(m, out, {"x": f32(1, 3, 8, 8)}) > 0.99
+
+
+def test_concat_inputs_share_one_scale():
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"], name="c1"), h.make_node("Conv", ["x", "w2"], ["b"], name="c2"),
+             h.make_node("Concat", ["a", "b"], ["y"], name="cat", axis=1),
+             h.make_node("Conv", ["y", "w3"], ["z"], name="c3")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 4, 4])],
+                     [h.make_tensor_value_info("z", T.FLOAT, [1, 2, 4, 4])],
+                     [nh.from_array(f32(2, 3, 1, 1), "w1"), nh.from_array(f32(2, 3, 1, 1) * 3, "w2"),
+                      nh.from_array(f32(2, 4, 1, 1), "w3")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    out, _ = quantize(m, [{"x": f32(1, 3, 4, 4)} for _ in range(3)], canon=False)
+    assert _scale_of(out, "a") == _scale_of(out, "b") == _scale_of(out, "y")
+
+
+def test_wide_range_concat_kept_float():
+    nodes = [h.make_node("Conv", ["x", "w1"], ["a"], name="c1"), h.make_node("Conv", ["x", "w2"], ["b"], name="c2"),
+             h.make_node("Sigmoid", ["b"], ["p"], name="sig"),
+             h.make_node("Concat", ["a", "p"], ["y"], name="head", axis=1)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 4, 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 4, 4, 4])],
+                     [nh.from_array(f32(2, 3, 1, 1) * 300, "w1"), nh.from_array(f32(2, 3, 1, 1), "w2")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    out, ctx = quantize(m, [{"x": f32(1, 3, 4, 4)} for _ in range(3)], canon=False)
+    assert any(d.where == "Concat 'head'" and "ranges differ" in d.reason for d in ctx.declines)
+    cat = next(n for n in out.graph.node if n.op_type == "Concat")
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == cat.output[0] for n in out.graph.node)
+    assert _scale_of(out, "a")[0] > 50 * _scale_of(out, "p")[0]  # each input keeps its own scale
+    feeds = {"x": f32(1, 3, 4, 4)}
+    ref, got = run_model(m, feeds)["y"], run_model(out, feeds)["y"]
+    p_ref, p_got = ref[:, 2:], got[:, 2:]  # the probabilities survive: well within one 8-bit step of [0, 1]
+    assert np.max(np.abs(p_ref - p_got)) < 0.02
+
+
+def test_exclusions_by_name_and_op_type():
+    m = _conv_relu_model()
+    calib = [{"x": f32(1, 3, 8, 8)} for _ in range(2)]
+    out, ctx = quantize(m, calib, canon=False, exclude_nodes=["mm"], exclude_ops=["Conv"])
+    reasons = {d.where: d.reason for d in ctx.declines}
+    assert reasons["MatMul 'mm'"] == "excluded by name"
+    assert reasons["Conv 'conv'"] == "op type excluded"
+    assert not any(n.op_type == "DequantizeLinear" and n.output[0].startswith(("w_", "mw_")) for n in out.graph.node)
+
+
+def test_no_calibration_declines_and_changes_nothing():
+    m = _conv_relu_model()
+    ctx = PassContext(options={})
+    out, rep = apply_passes(m, [QuantizeStatic()], ctx)
+    assert "QuantizeLinear" not in op_types(out)
+    assert ctx.declines[0].reason.startswith("no calibration data")
+
+
+def test_per_channel_declined_below_opset_13_and_no_axis_emitted():
+    m = _conv_relu_model(opset=11)
+    out, ctx = quantize(m, [{"x": f32(1, 3, 8, 8)} for _ in range(2)], canon=False)
+    assert any("per-channel weights need opset 13" in d.reason for d in ctx.declines)
+    for n in out.graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert not any(a.name == "axis" for a in n.attribute)
+    import onnxruntime as ort
+    ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_weights_in_constant_nodes_and_opset11_after_upgrade():
+    m = build("opset11_constants")
+    feeds = sample_inputs(m, seed=0)
+    out, _ = quantize(m, [sample_inputs(m, seed=i) for i in range(3)])
+    assert out.opset_import[0].version >= 13
+    assert any(t.data_type == T.INT8 for t in out.graph.initializer)
+    assert cosine(m, out, feeds) > 0.98
+
+
+def test_constant_node_weights_without_canonicalize():
+    w = f32(4, 3, 1, 1)
+    nodes = [h.make_node("Constant", [], ["w"], value=nh.from_array(w, "wv")),
+             h.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 4, 4])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 4, 4, 4])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    out, _ = quantize(m, [{"x": f32(1, 3, 4, 4)} for _ in range(2)], canon=False)
+    assert any(t.data_type == T.INT8 for t in out.graph.initializer)
+    assert "Constant" not in op_types(out)
+
+
+def test_if_subgraph_quantized():
+    m = build("control_flow")
+    calib = [sample_inputs(m, seed=i) for i in range(3)]
+    out, ctx = quantize(m, calib)
+    sub_ops = [o for o in op_types(out, recurse=True)]
+    top_ops = op_types(out, recurse=False)
+    assert sub_ops.count("QuantizeLinear") > top_ops.count("QuantizeLinear")
+    assert cosine(m, out, sample_inputs(m, seed=50)) > 0.98
+
+
+def test_layernorm_as_elementary_ops_stays_float():
+    m = build("bert_decomposed")
+    out, ctx = quantize(m, [sample_inputs(m, seed=i) for i in range(2)])
+    assert any("normalization written as elementary ops" in d.reason for d in ctx.declines)
+    by_out = {o: n for n in out.graph.node for o in n.output}
+    for n in out.graph.node:
+        if n.op_type in ("Sqrt", "Pow"):
+            assert by_out.get(n.input[0]) is None or by_out[n.input[0]].op_type != "DequantizeLinear"
+    assert cosine(m, out, sample_inputs(m, seed=9)) > 0.99
+
+
+def test_param_helpers():
+    s, zp = activation_params(-1.0, 3.0, TensorQuant(dtype="uint8", symmetric=False))
+    assert zp == round(1.0 / s) and abs(s - 4.0 / 255) < 1e-7
+    s, zp = activation_params(-1.0, 3.0, TensorQuant(dtype="int8", symmetric=True))
+    assert zp == 0 and abs(s - 3.0 / 127) < 1e-7
+    w = f32(3, 5)
+    qw, scale, zp = weight_params(w, QuantScheme().weights, axis=0)
+    assert qw.dtype == np.int8 and scale.shape == (3,) and qw.min() >= -127
+    np.testing.assert_allclose(qw * scale[:, None], w, atol=float(scale.max()) / 2 + 1e-6)
