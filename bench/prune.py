@@ -31,7 +31,7 @@ def _canonical(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _prune(proto: onnx.ModelProto, ratio: float, calib: list, recon: str, criterion: str) -> tuple:
-    from targets.recipe_prune import prune_steps
+    from onnxopt.targets.recipe_prune import prune_steps
 
     opts = {"prune": ratio, "prune_reconstruct": recon, "prune_criterion": criterion, "min_opset": 13}
     ctx = PassContext(options=opts, calibration=calib)

@@ -9,8 +9,9 @@ Rewrites (main graph; nodes that hold subgraphs, and tensors read inside subgrap
   scales, Resize scales, ops not listed, network outputs) reads it through ``Cast(to=FLOAT)``: network inputs and
   outputs keep float32, and the scale of every Q/DQ stays float32 as onnx-tensorrt reads it (its operators.md:
   QuantizeLinear takes FP32/FP16 input, the scale as given);
-- DequantizeLinear outputs are float32 (its opset-13 type), so an fp16 reader gets a Cast after them; TensorRT
-  folds Cast next to Q/DQ when it fuses.
+- nodes that read a DequantizeLinear output (Q/DQ groups: TensorRT runs them in int8 and fuses the DQ into
+  them) stay float32, so no Cast separates a weight's DQ from its Conv; their float outputs reach fp16 readers
+  through a Cast.
 
 Declines: a node whose output types are unknown to shape inference (stays float32, logged).
 """
@@ -107,12 +108,14 @@ def convert_to_fp16(model: onnx.ModelProto, decline=None) -> tuple[onnx.ModelPro
         return cast32[name]
 
     converted = 0
+    dq_outs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     has_sub = lambda n: any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)  # noqa: E731
     for node in graph.node:
         idx = FP16_OPS.get(node.op_type, "no") if node.domain in ("", "ai.onnx") else "no"
         outs_f32 = [o for o in node.output if o and types.get(o) == F32]
         ok = idx != "no" and not has_sub(node) and all(o and types.get(o) is not None for o in node.output)
         ok = ok and bool(outs_f32) and not any(o in pinned for o in outs_f32)
+        ok = ok and not any(n in dq_outs for n in node.input)  # a Q/DQ group: TensorRT runs it in int8
         if idx != "no" and not ok and decline is not None:
             decline(f"{node.op_type} '{node.name}'", "output type unknown or read inside a subgraph; kept float32")
         if ok:

@@ -33,6 +33,10 @@ def conv_bn_model(opset: int = 13) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
+def save_external(model: onnx.ModelProto, path) -> None:
+    onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+
+
 @pytest.fixture
 def model_path(tmp_path):
     return save_model(conv_bn_model(), tmp_path / "in.onnx")
@@ -93,7 +97,7 @@ def test_truncated(model_path, tmp_path, capsys):
 def test_external_data_escape(tmp_path, capsys):
     inner = tmp_path / "inner"
     inner.mkdir()
-    save_model(conv_bn_model(), inner / "m.onnx", external_data=True)
+    save_external(conv_bn_model(), inner / "m.onnx")
     raw = onnx.load_model(str(inner / "m.onnx"), load_external_data=False)
     for t in raw.graph.initializer:
         for e in t.external_data:
@@ -106,7 +110,7 @@ def test_external_data_escape(tmp_path, capsys):
 
 
 def test_external_data_missing(tmp_path, capsys):
-    save_model(conv_bn_model(), tmp_path / "m.onnx", external_data=True)
+    save_external(conv_bn_model(), tmp_path / "m.onnx")
     (tmp_path / "m.onnx.data").unlink()
     code, _, err = run_cli(["optimize", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx"], capsys)
     assert_one_line_error(code, err, "is missing")
