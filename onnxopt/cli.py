@@ -18,13 +18,14 @@ EXIT_OK, EXIT_MISMATCH, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 def _parse_tolerances(items: list[str] | None) -> dict[str, dict[str, float]]:
-    """``--tol NAME=RTOL,ATOL`` or ``--tol NAME=steps:N`` (int8 outputs, in quantization steps)."""
+    """``--tol NAME=RTOL,ATOL``, or ``NAME=steps:N`` (integer outputs) / ``NAME=steps:N@SCALE`` (quantized floats)."""
     per: dict[str, dict[str, float]] = {}
     for item in items or []:
         name, _, spec = item.partition("=")
         try:
             if spec.startswith("steps:"):
-                per[name] = {"steps": float(spec[6:])}
+                count, _, scale = spec[6:].partition("@")
+                per[name] = {"steps": float(count), **({"scale": float(scale)} if scale else {})}
             else:
                 rtol, _, atol = spec.partition(",")
                 per[name] = {"rtol": float(rtol), "atol": float(atol or 0.0)}
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "reference"])
     v.add_argument("--rtol", type=float, default=1e-3)
     v.add_argument("--atol", type=float, default=1e-4)
-    v.add_argument("--tol", action="append", help="per output: NAME=RTOL,ATOL or NAME=steps:N")
+    v.add_argument("--tol", action="append", help="per output: NAME=RTOL,ATOL, NAME=steps:N or NAME=steps:N@SCALE")
     v.add_argument("--seed", type=int, default=0)
     v.set_defaults(fn=cmd_verify)
 
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--engine", choices=["onnxruntime", "reference"])
     gc.add_argument("--rtol", type=float, default=1e-4)
     gc.add_argument("--atol", type=float, default=1e-5)
-    gc.add_argument("--tol", action="append", help="per output: NAME=RTOL,ATOL or NAME=steps:N")
+    gc.add_argument("--tol", action="append", help="per output: NAME=RTOL,ATOL, NAME=steps:N or NAME=steps:N@SCALE")
     g.set_defaults(fn=cmd_golden)
 
     z = sub.add_parser("zoo", help="build a synthetic zoo model")

@@ -126,9 +126,20 @@ class OutputDiff:
 
 
 def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, rtol: float = 1e-4, atol: float = 1e-5,
-                   step: float | None = None, steps: float = 3.0) -> OutputDiff:
-    """Compare one output. With ``step`` (a quantization step), the tolerance is ``steps`` steps."""
+                   scale: float | None = None, steps: float | None = None) -> OutputDiff:
+    """Compare one output.
+
+    With ``steps``, the tolerance is counted in quantization steps: one integer unit for integer outputs,
+    ``scale`` (the output's quantization scale) for float outputs of a quantized graph.
+    """
     ref, got = np.asarray(ref), np.asarray(got)
+    step = scale
+    if steps is not None and step is None:
+        if ref.dtype.kind not in "iu":
+            raise UserError(f"output '{name}' is {ref.dtype}: a tolerance in steps needs its scale (steps:N@SCALE)")
+        step = 1.0
+    if step is not None and steps is None:
+        steps = 3.0
     if ref.shape != got.shape:
         return OutputDiff(name, tuple(got.shape), float("inf"), float("inf"), 0.0, -float("inf"), None, False,
                           f"shape {got.shape} != reference {ref.shape}")

@@ -170,3 +170,31 @@ def test_passes_lists_summaries(capsys):
     lines = out.strip().splitlines()
     assert len(lines) >= 10
     assert all(len(line.split(None, 2)) == 3 for line in lines), "every pass needs a summary"
+
+
+def test_golden_record_and_check(model_path, tmp_path, capsys):
+    import numpy as np
+
+    inputs = tmp_path / "x.npz"
+    np.savez(inputs, x=np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32))
+    golden = tmp_path / "golden.npz"
+    code, _, err = run_cli(["golden", "record", model_path, "--inputs", inputs, "-o", golden], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["golden", "check", model_path, golden, "--engine", "onnxruntime"], capsys)
+    assert code == 0, out + err
+    changed = conv_bn_model()
+    w = next(t for t in changed.graph.initializer if t.name == "w")
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.05, "w"))
+    changed_path = save_model(changed, tmp_path / "changed.onnx")
+    code, out, err = run_cli(["golden", "check", changed_path, golden], capsys)
+    assert code == 1, out + err
+
+
+def test_verify_reference_engine(model_path, capsys):
+    code, out, err = run_cli(["verify", model_path, model_path, "--engine", "reference"], capsys)
+    assert code == 0 and "outputs match" in out, err
+
+
+def test_verify_steps_need_a_scale_for_floats(model_path, capsys):
+    code, _, err = run_cli(["verify", model_path, model_path, "--tol", "y=steps:2"], capsys)
+    assert_one_line_error(code, err, "needs its scale")
