@@ -98,7 +98,8 @@ def main() -> None:
             if labels is not None:
                 score = f"acc {np.mean(got.argmax(1) == labels):.3f}"
             else:
-                cos = np.mean([float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g))) for r, g in zip(ref, got)])
+                cos = np.mean([float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g)))
+                               for r, g in zip(ref, got, strict=True)])
                 score = f"cos {cos:.4f}, top1 {np.mean(ref.argmax(1) == got.argmax(1)):.3f}"
             print(f"| {name} | {recon} | {kept:.3f} | {ratio:.2f} | {score} | {secs:.1f} |", flush=True)
 

@@ -43,17 +43,24 @@ def session(path: str) -> ort.InferenceSession:
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(path: str, feed: dict, runs: int) -> float:
-    s = session(path)
-    feed = {i.name: feed[i.name] for i in s.get_inputs()}
-    for _ in range(3):
-        s.run(None, feed)
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        s.run(None, feed)
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3)
+def latencies_ms(paths: dict[str, str], feed: dict, runs: int, rounds: int = 5) -> dict[str, float]:
+    """Median latency per model, interleaved: ``rounds`` rounds of ``runs // rounds`` runs of each model;
+    the best round's median counts (the machine is shared: the least disturbed round is the fairest)."""
+    sessions = {k: session(p) for k, p in paths.items()}
+    feeds = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(3):
+            s.run(None, feeds[k])
+    best = {k: float("inf") for k in paths}
+    for _ in range(rounds):
+        for k, s in sessions.items():
+            ts = []
+            for _ in range(max(3, runs // rounds)):
+                t = time.perf_counter()
+                s.run(None, feeds[k])
+                ts.append(time.perf_counter() - t)
+            best[k] = min(best[k], float(np.median(ts) * 1e3))
+    return best
 
 
 def outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
@@ -177,31 +184,30 @@ def bench(name: str, args: argparse.Namespace, tmp: Path) -> list[str]:
     lat_feed = evals[0]
     rows = []
     ref = outputs(fp, evals)
-    t_fp = latency_ms(fp, lat_feed, args.runs)
     ort_s, ort_d = str(tmp / f"{name}.ort_static.onnx"), str(tmp / f"{name}.ort_dynamic.onnx")
     q_s = theirs_static(fp, ort_s, calib)
     q_d = theirs_dynamic(fp, ort_d)
-    res = {}
-    for kind, path in (("ort static", ort_s), ("ort dynamic", ort_d)):
-        o = outputs(path, evals)
-        res[kind] = (latency_ms(path, lat_feed, args.runs), cosine(ref, o), accuracy(o, labels) if labels is not None
-                     else None)
+    paths = {"fp32": fp, "ort static": ort_s, "ort dynamic": ort_d}
     chosen = {}
     for mode in ("static", "dynamic", "auto"):
         out, secs, ran = ours(m, calib, mode)
-        path = str(tmp / f"{name}.ours_{mode}.onnx")
-        onnx.save(out, path)
-        o = outputs(path, evals)
-        res[f"ours {mode}"] = (latency_ms(path, lat_feed, args.runs), cosine(ref, o),
-                               accuracy(o, labels) if labels is not None else None)
+        paths[f"ours {mode}"] = str(tmp / f"{name}.ours_{mode}.onnx")
+        onnx.save(out, paths[f"ours {mode}"])
         chosen[mode] = (ran, secs)
+    lat = latencies_ms(paths, lat_feed, args.runs)
+    t_fp = lat["fp32"]
+    res = {}
+    for kind, path in paths.items():
+        o = outputs(path, evals)
+        res[kind] = (lat[kind], cosine(ref, o), accuracy(o, labels) if labels is not None else None)
     acc_fp = f" FP32 acc {accuracy(ref, labels):.3f}" if labels is not None else ""
     rows.append(f"{name}: FP32 {t_fp:.2f} ms; ort quantize_static {q_s:.1f}s, quantize_dynamic {q_d:.1f}s; "
                 f"ours auto chose {chosen['auto'][0]}{acc_fp}")
     for kind in ("ours static", "ort static", "ours dynamic", "ort dynamic", "ours auto"):
-        lat, cos, acc = res[kind]
-        vs = res["ort static" if "static" in kind or kind == "ours auto" else "ort dynamic"]
-        rows.append(f"  {kind:13s} {lat:7.2f} ms  x{t_fp / lat:4.2f} vs FP32  ours/theirs {lat / vs[0]:4.2f}  "
+        ms, cos, acc = res[kind]
+        theirs = "ort dynamic" if kind.endswith("dynamic") or (kind == "ours auto" and chosen["auto"][0] == "dynamic") \
+            else "ort static"
+        rows.append(f"  {kind:13s} {ms:7.2f} ms  x{t_fp / ms:4.2f} vs FP32  /{theirs} {ms / res[theirs][0]:4.2f}  "
                     f"cosine {cos:.5f}" + (f"  acc {acc:.3f}" if acc is not None else ""))
     if name in args.calib_models:
         for method in ("minmax", "entropy", "percentile"):

@@ -27,6 +27,8 @@ class ModelMeta:
     model_version: int = 0
     doc_string: str = ""
     metadata_props: dict[str, str] = field(default_factory=dict)
+    # graph inputs that were also initializers (old exporters); onnx-graphsurgeon drops them from the inputs
+    initializer_inputs: list[str] = field(default_factory=list)
 
 
 class Model:
@@ -46,6 +48,7 @@ class Model:
             model_version=proto.model_version,
             doc_string=proto.doc_string,
             metadata_props={p.key: p.value for p in proto.metadata_props},
+            initializer_inputs=sorted({t.name for t in proto.graph.initializer} & {i.name for i in proto.graph.input}),
         )
         return cls(gs.import_onnx(proto), meta)
 
@@ -151,7 +154,7 @@ def is_constant(tensor: gs.Tensor) -> bool:
 
 
 def make_constant(name: str, value: np.ndarray) -> gs.Constant:
-    return gs.Constant(name, np.ascontiguousarray(value))
+    return gs.Constant(name, np.asarray(value, order="C"))  # ascontiguousarray would turn 0-d into shape (1,)
 
 
 def replace_all_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph) -> None:

@@ -47,13 +47,14 @@ class ConstantsToInitializers(Pass):
         graph = model.graph
         if not ctx.option("keep_initializer_inputs", False):
             kept = [t for t in graph.inputs if not isinstance(t, gs.Constant)]
-            stats["initializer_inputs"] = len(graph.inputs) - len(kept)
+            # onnx-graphsurgeon's importer already dropped them from the inputs; Model.from_onnx recorded the names
+            stats["initializer_inputs"] = len(graph.inputs) - len(kept) + len(model.meta.initializer_inputs)
+            model.meta.initializer_inputs = []
             graph.inputs = kept
         else:
-            # onnx-graphsurgeon's importer drops initializers from the inputs; the loader may record their names.
             listed = {t.name for t in graph.inputs}
             tensors = graph.tensors()
-            for name in getattr(model.meta, "initializer_inputs", ()) or ():
+            for name in model.meta.initializer_inputs:
                 t = tensors.get(name)
                 if isinstance(t, gs.Constant) and name not in listed:
                     graph.inputs.append(t)

@@ -34,25 +34,33 @@ class DeduplicateInitializers(Pass):
         pinned = {id(t) for g in graphs for t in list(g.inputs) + list(g.outputs)}
         kept: dict[tuple, list[gs.Constant]] = {}
         remap: dict[int, gs.Constant] = {}
+        by_shape: dict[tuple, list[gs.Constant]] = {}
+        listed: set[int] = set()
         for graph in graphs:
             for node in graph.nodes:
                 for t in node.inputs:
-                    if not isinstance(t, gs.Constant) or id(t) in remap or id(t) in pinned:
+                    if not isinstance(t, gs.Constant) or id(t) in listed or id(t) in pinned:
                         continue
+                    listed.add(id(t))
                     if type(t._values).__name__ == "SparseValues":
                         continue
-                    values = np.asarray(t.values)
-                    if values.dtype.kind == "O":
-                        continue
-                    bucket = kept.setdefault(value_key(values), [])
-                    for other in bucket:
-                        if other is t:
-                            break
-                        if np.asarray(other.values).tobytes() == values.tobytes():
-                            remap[id(t)] = other
-                            break
-                    else:
-                        bucket.append(t)
+                    by_shape.setdefault((str(t.dtype), tuple(t.shape)), []).append(t)
+        for group in by_shape.values():
+            if len(group) < 2:
+                continue  # a unique dtype+shape needs no hashing
+            for t in group:
+                if id(t) in remap:
+                    continue
+                values = np.asarray(t.values)
+                if values.dtype.kind == "O":
+                    continue
+                bucket = kept.setdefault(value_key(values), [])
+                for other in bucket:
+                    if np.asarray(other.values).tobytes() == values.tobytes():
+                        remap[id(t)] = other
+                        break
+                else:
+                    bucket.append(t)
         merged = 0
         for graph in graphs:
             for node in graph.nodes:

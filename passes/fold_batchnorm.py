@@ -71,13 +71,20 @@ def weighted_producer(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Node | None, st
     return prod, None
 
 
+def _new_name(graph: gs.Graph, prod: gs.Node, what: str) -> str:
+    """A fresh name derived from the node's output (unique in the model); a full scan only on a clash."""
+    base = f"{prod.outputs[0].name}__{what}"
+    names = {t.name for n in graph.nodes for t in n.inputs}
+    return base if base not in names else unique_name(graph, base)
+
+
 def rewrite_weighted(prod: gs.Node, graph: gs.Graph, scale: np.ndarray | None, shift: np.ndarray) -> None:
     """prod's output becomes ``out * scale + shift`` per output channel (scale None: 1)."""
     w = constant_value(prod.inputs[1])
     dtype = w.dtype
     if scale is not None:
         new_w = scale_output_channels(prod.op, w.astype(np.float64), scale, prod.attrs)
-        prod.inputs[1] = make_constant(unique_name(graph, f"{prod.name or 'w'}_weight_folded"), new_w.astype(dtype))
+        prod.inputs[1] = make_constant(_new_name(graph, prod, "weight_folded"), new_w.astype(dtype))
     bias, _ = bias_of(prod)
     if bias is None:
         new_b = shift
@@ -87,7 +94,7 @@ def rewrite_weighted(prod: gs.Node, graph: gs.Graph, scale: np.ndarray | None, s
         prod.attrs["beta"] = 1.0
     else:
         new_b = np.broadcast_to(new_b, shift.shape)
-    const = make_constant(unique_name(graph, f"{prod.name or 'w'}_bias_folded"), np.asarray(new_b).astype(dtype))
+    const = make_constant(_new_name(graph, prod, "bias_folded"), np.asarray(new_b).astype(dtype))
     if len(prod.inputs) >= 3:
         prod.inputs[2] = const
     else:
@@ -117,7 +124,7 @@ def _bn_params(node: gs.Node, graph: gs.Graph) -> tuple[tuple[np.ndarray, np.nda
 
 def _channel_count_ok(prod: gs.Node, n: int) -> str | None:
     w = constant_value(prod.inputs[1])
-    if scale_output_channels(prod.op, np.zeros(w.shape), np.zeros(n), prod.attrs) is None:
+    if scale_output_channels(prod.op, np.zeros(w.shape, np.int8), np.zeros(n, np.int8), prod.attrs) is None:
         return f"the {prod.op} has another number of output channels"
     return None
 

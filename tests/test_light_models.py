@@ -41,7 +41,7 @@ def test_light_model(name):
     reference = numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"light_{name}_output_0.pb")))
     after, report = apply_passes(before, canonicalize())
     assert next(o.version for o in after.opset_import if o.domain == "") >= 13
-    got = list(run_model(after, _feeds(before), optimize=False).values())
+    got = list(run_model(after, _feeds(before), optimize=True).values())
     assert len(got) == 1
     np.testing.assert_allclose(got[0], reference, rtol=1e-3, atol=1e-4)
     left = {"ConstantOfShape", "Dropout", "BatchNormalization"} & set(op_types(after))

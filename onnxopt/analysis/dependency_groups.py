@@ -53,7 +53,9 @@ class ChannelGraph:
     def declare(self, t: gs.Tensor, axis: int) -> str | None:
         """Track ``t`` with channels on ``axis``; returns the reason it cannot, or None."""
         if t.name in self.axis:
-            return None if self.axis[t.name] == axis else f"'{t.name}' carries channels on axes {self.axis[t.name]} and {axis}"
+            if self.axis[t.name] == axis:
+                return None
+            return f"'{t.name}' carries channels on axes {self.axis[t.name]} and {axis}"
         if isinstance(t, gs.Constant):
             return f"'{t.name}' is a constant"
         if t.shape is None or axis < 0 or axis >= len(t.shape):

@@ -96,8 +96,6 @@ def test_keep_initializer_inputs_lists_recorded_names_again():
 
     before = _initializer_input_model()
     model = Model.from_onnx(before)
-    if not hasattr(model.meta, "initializer_inputs"):
-        pytest.skip("Model.from_onnx does not record initializer inputs yet (onnxopt/ir.py)")
     ctx = PassContext(options={"keep_initializer_inputs": True})
     ConstantsToInitializers().run(model, ctx)
     after = model.to_onnx()
@@ -106,12 +104,11 @@ def test_keep_initializer_inputs_lists_recorded_names_again():
 
 
 def test_real_paddle_model_weights_in_constants():
-    fetch = pytest.importorskip("onnxopt.models.fetch", reason="model fetcher not importable yet")
-    try:
-        path = fetch.fetch("ppocr_cls")
-    except Exception as e:  # no network and nothing cached
-        pytest.skip(f"ppocr_cls not available: {e}")
     import onnx
+
+    from onnxopt.models import fetch
+
+    path = fetch.fetch("ppocr_cls")
 
     before = onnx.load(str(path))
     assert "Constant" in op_types(before)

@@ -95,3 +95,24 @@ def test_inside_if_subgraph():
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
     for cond in (True, False):
         assert_equivalent(m, out, {"x": x, "cond": np.array(cond)})
+
+
+def test_shape_built_from_own_shape_becomes_constant():
+    # Reshape(x, Concat(Cast(Slice(Shape(x), 0, 1)), [-1])) == Reshape(x, [0, -1]), x with a dynamic batch
+    m = model([R("Shape", ["x"], ["s"]), R("Cast", ["s"], ["s32"], to=T.INT32),
+               R("Slice", ["s32", "z", "o"], ["b"]), R("Cast", ["b"], ["b64"], to=T.INT64),
+               R("Concat", ["b64", "m1"], ["shape"], axis=0), R("Reshape", ["x", "shape"], ["y"])],
+              [("z", [0]), ("o", [1]), ("m1", [-1])], ("N", 3, 4, 5))
+    out = run(m, feeds={"x": np.ones((2, 3, 4, 5), np.float32)})
+    assert op_types(out) == ["Reshape"]
+    shape = [nh.to_array(t) for t in out.graph.initializer if t.name == out.graph.node[0].input[1]][0]
+    assert shape.tolist() == [0, -1]
+
+
+def test_shape_from_another_tensor_declines():
+    m = model([R("Shape", ["z"], ["s"]), R("Reshape", ["x", "s"], ["y"])], [], (2, 3, 4, 5),
+              extra_inputs=[h.make_tensor_value_info("z", T.FLOAT, [6, 20])])
+    ctx = PassContext()
+    out, _ = apply_passes(m, [MergeReshapes()], ctx)
+    assert op_types(out) == ["Shape", "Reshape"]
+    assert any("not built from Shape(input)" in d.reason for d in ctx.declines)
