@@ -14,6 +14,7 @@ from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_conv_affine import FoldConvAffine
 from .fold_shapes import FoldShapes
+from .fuse_matmul_add import FuseMatMulAdd
 from .infer_shapes import InferShapes
 from .merge_reshapes import MergeReshapes
 from .merge_transposes import MergeTransposes
@@ -25,7 +26,7 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
     """The canonicalize pipeline.
 
     UpgradeOpset, ConstantsToInitializers, InferShapes, then to a fixed point: FoldShapes, FoldConstants,
-    RemoveNoOps, MergeTransposes, MergeReshapes, FoldBatchNorm, FoldConvAffine, DeduplicateInitializers,
+    RemoveNoOps, MergeTransposes, MergeReshapes, FoldBatchNorm, FoldConvAffine, FuseMatMulAdd, DeduplicateInitializers,
     EliminateCommonSubexpressions, EliminateDeadCode; then InferShapes once more for the final form.
 
     Options read here (the passes read theirs from the PassContext): ``max_iterations`` (fixed-point cap,
@@ -35,7 +36,8 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
     skip = set(options.get("skip", ()))
     loop: list[Pass] = [
         FoldShapes(), FoldConstants(), RemoveNoOps(), MergeTransposes(), MergeReshapes(), FoldBatchNorm(),
-        FoldConvAffine(), DeduplicateInitializers(), EliminateCommonSubexpressions(), EliminateDeadCode(),
+        FoldConvAffine(), FuseMatMulAdd(), DeduplicateInitializers(), EliminateCommonSubexpressions(),
+        EliminateDeadCode(),
     ]
     head: list[Pass] = [UpgradeOpset(), ConstantsToInitializers(), InferShapes()]
     pipeline: list[Pass | FixedPoint] = [p for p in head if p.name not in skip]

@@ -21,10 +21,11 @@ Lint rules, one function each (sources in onnxruntime ``core/providers/xnnpack``
 - ``arm-per-channel-uint8``: no per-channel uint8 (utils.cc "per-channel uint8 quantization isn't supported");
 - ``arm-mixed-types``: a weighted op's data input and weight have the same 8-bit type (conv_base.cc
   ``GetConvCompType``: u8 activations with s8 weights are rejected);
-- ``arm-xnnpack``: a QDQ group around an op XNNPACK fuses (Conv, ConvTranspose, MaxPool, AveragePool, Softmax,
-  Resize: ``GetQuantizedOpType`` in utils.cc) that XNNPACK would still refuse, and why (conv_base.cc: weight not
-  a rank-4 constant; average_pool.cc: not uint8, ceil_mode, 1x1 kernel; softmax.cc: not uint8 or output scale
-  not 1/256; tensor/resize.cc: mode not linear, rank not 4).
+- ``arm-xnnpack``: a QDQ group (dequantized inputs, quantized output) around an op XNNPACK fuses (Conv,
+  ConvTranspose, MaxPool, AveragePool, Softmax, Resize: ``GetQuantizedOpType`` in utils.cc) that XNNPACK
+  would still refuse, and why (conv_base.cc: weight not a rank-4 constant; average_pool.cc: not uint8,
+  ceil_mode, 1x1 kernel; softmax.cc: not uint8 or output scale not 1/256; tensor/resize.cc: mode not
+  linear, rank not 4).
 
 ``xnnpack_report(model)`` lists every node XNNPACK would not take at all, and why (QDQ groups around other op
 types run on the CPU provider's QDQ kernels): it is advice, not a rule, so ``lint`` does not include it.
@@ -149,7 +150,8 @@ def rule_xnnpack(model: onnx.ModelProto) -> list[Violation]:
     out = []
     for view in iter_views(model):
         for node in view.nodes:
-            if node.op_type in XNNPACK_QDQ_OPS and is_quantized_group(node, view):
+            quantized_out = any(u.op_type == "QuantizeLinear" for o in node.output for u in view.users(o))
+            if node.op_type in XNNPACK_QDQ_OPS and is_quantized_group(node, view) and quantized_out:
                 why = xnnpack_refusal(node, view)
                 if why:
                     out.append(Violation("arm-xnnpack", node_label(node, view), why))

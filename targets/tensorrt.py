@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,10 @@ class TrtNarrowWeights(Pass):
         return PassResult(bool(count), {"weights": count} if count else {})
 
 
+def _is_transformer(model: Model) -> bool:
+    return any(n.op in ("LayerNormalization", "Softmax", "Erf") for g in iter_graphs(model.graph) for n in g.nodes)
+
+
 class TrtQuantize(Pass):
     """Static Q/DQ when calibration data is given, else nothing (one line says so); never dynamic."""
 
@@ -203,7 +208,11 @@ class TrtQuantize(Pass):
                 raise UserError("--quantize static needs calibration data; pass --calib data.npz")
             log.warning(NO_CALIBRATION)
             return PassResult(False)
-        ctx.options.setdefault("scheme", self.scheme)
+        scheme = self.scheme
+        if scheme is not None and _is_transformer(model):
+            # Q/DQ on the residual Adds of a transformer (LayerNorm inputs) cost fidelity: minilm cosine 0.93
+            scheme = replace(scheme, op_types=scheme.op_types - {"Add"})
+        ctx.options.setdefault("scheme", scheme)
         ctx.cache["quantize_mode"] = "static"
         return QuantizeStatic().run(model, ctx)
 
@@ -217,6 +226,7 @@ class TensorRT(Target):
         weights=TensorQuant(dtype="int8", symmetric=True, per_channel=True, narrow_range=True),
         op_types=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
                             "GlobalAveragePool", "Concat"}),
+        # transformer residual Adds: measured on minilm, Q/DQ on them drops cosine to 0.93 (see TrtQuantize)
         keep_float=frozenset({"Softmax", "LayerNormalization", "Erf", "Gelu"}),
         residual_skip_only=True,
         share_concat_scale=True,

@@ -77,7 +77,7 @@ def test_onnxruntime_and_interpreter_agree_within_steps():
     params = ctx.cache["quant_params"]
     for name, v in ort_out.items():
         step = params[name]["scale"]
-        assert compare_arrays(name, ref_out[name], v, step=step, steps=3).ok
+        assert compare_arrays(name, ref_out[name], v, scale=step, steps=3).ok
 
 
 def _conv_relu_model(opset=13):
