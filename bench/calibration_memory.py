@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         for n in sorted(set(ours_n) | set(theirs_n)):
             o, t = results.get(("ours", m, n)), results.get(("theirs", m, n))
+            if not o and not t:
+                continue
             rt = f"{o['time_s'] / t['time_s']:.2f}" if o and t else "-"
             rr = f"{o['peak_rss_mb'] / t['peak_rss_mb']:.2f}" if o and t else "-"
             print(f"| {m} | {n} | {cell(o, 'time_s', '.2f')} | {cell(t, 'time_s', '.2f')} | {rt} | "

@@ -39,7 +39,7 @@ def ort_int8(model: onnx.ModelProto, calib: dict[str, np.ndarray]) -> onnx.Model
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             n = len(next(iter(calib.values())))
-            self.it = iter([{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)])
+            self.it = iter([{k: v[i] for k, v in calib.items()} for i in range(n)])
 
         def get_next(self):
             return next(self.it, None)

@@ -202,6 +202,7 @@ class QuantizeStatic(Pass):
                 decline(node, "weight is not a constant")
             else:
                 qnodes.append(node)
+        qnodes = self._drop_useless_binary(graph, qnodes, decline)
         qids = {id(n) for n in qnodes}
         tensors: dict[str, gs.Tensor] = {}
         groups = _Groups()
@@ -256,6 +257,35 @@ class QuantizeStatic(Pass):
                     groups.union(src.name, out.name)
                     groups.defer.add(out.name)
         return {"qnodes": qnodes, "tensors": tensors, "groups": groups}
+
+    @staticmethod
+    def _drop_useless_binary(graph: gs.Graph, qnodes: list[gs.Node], decline: Any) -> list[gs.Node]:
+        """Add/Mul stay float when one input is a constant (a bias or a scale: onnxruntime folds it into the
+        MatMul/Conv before it, in float) or when no quantized op reads their output (through pass-through ops):
+        an int8 Add that feeds a float LayerNorm or Softmax only adds Q/DQ work and error."""
+        for node in qnodes:
+            if node.op in ("Add", "Mul") and any(constant_value(t) is not None for t in node.inputs):
+                decline(node, "one input is a constant (folded into the op before it in float)")
+        kept = [n for n in qnodes if not (n.op in ("Add", "Mul")
+                                          and any(constant_value(t) is not None for t in n.inputs))]
+        while True:
+            ids = {id(n) for n in kept}
+
+            def read_quantized(t: gs.Tensor, depth: int = 0, ids: set[int] = ids) -> bool:
+                for c in t.outputs:
+                    if id(c) in ids:
+                        return True
+                    if c.op in PASS_THROUGH and depth < 8 and c.outputs and read_quantized(c.outputs[0], depth + 1):
+                        return True
+                return False
+
+            drop = [n for n in kept if n.op in ("Add", "Mul") and not read_quantized(n.outputs[0])]
+            if not drop:
+                return kept
+            for n in drop:
+                decline(n, "no quantized op reads its output")
+            dropped = {id(n) for n in drop}
+            kept = [n for n in kept if id(n) not in dropped]
 
     # ------------------------------------------------------------------ rewriting
 
