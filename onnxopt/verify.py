@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from onnxopt.errors import PassError, UserError
 
@@ -28,18 +27,9 @@ ORT_MAX_INLINE = 1 << 30  # larger models go to onnxruntime through a file
 
 def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int | str | None]]]:
     """Graph inputs that are not initializers: name -> (numpy dtype, dims with str/None for dynamic ones)."""
-    inits = {t.name for t in model.graph.initializer}
-    specs = {}
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        dims: list[int | str | None] = []
-        for d in tt.shape.dim:
-            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-        specs[vi.name] = (dtype, dims)
-    return specs
+    from onnxopt.calibration.data import input_specs_of
+
+    return {name: (dtype, list(shape or ())) for name, (dtype, shape) in input_specs_of(model).items()}
 
 
 def make_feeds(model: onnx.ModelProto, seed: int = 0, dims: Mapping[str, int] | None = None,

@@ -62,7 +62,7 @@ def input_specs_of(model: onnx.ModelProto) -> dict[str, InputSpec]:
         if tt.HasField("shape"):
             dims: list[Dim] = []
             for d in tt.shape.dim:
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value > 0:  # Paddle writes -1 for a dynamic dim
                     dims.append(int(d.dim_value))
                 elif d.HasField("dim_param"):
                     dims.append(d.dim_param)

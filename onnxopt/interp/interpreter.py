@@ -288,7 +288,8 @@ class Interpreter:
         shape = None
         if tt.HasField("shape"):
             shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                for d in tt.shape.dim
             )
         return InputSpec(vi.name, dtype, shape)
 
