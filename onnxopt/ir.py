@@ -5,7 +5,7 @@ Graph helpers live here so that every pass finds producers, consumers, constants
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,6 +54,7 @@ class Model:
 
     def to_onnx(self) -> onnx.ModelProto:
         proto = gs.export_onnx(self.graph, do_type_check=False)
+        _drop_rankless_value_info(proto.graph)
         opsets = [helper.make_opsetid(o.domain, o.version) for o in proto.opset_import]
         needed = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
         proto.ir_version = max(self.meta.ir_version, needed) if self.meta.ir_version else max(needed, 7)
@@ -77,6 +78,22 @@ class Model:
 
     def copy(self) -> Model:
         return Model.from_onnx(self.to_onnx())
+
+
+def _drop_rankless_value_info(graph: onnx.GraphProto) -> None:
+    """Remove value_info entries (of this graph and its subgraphs) of tensor type without a shape: they say nothing
+    of the rank, and onnx's full check rejects some of them. Graph inputs and outputs are left as they are."""
+    keep = [vi for vi in graph.value_info
+            if not vi.type.HasField("tensor_type") or vi.type.tensor_type.HasField("shape")]
+    if len(keep) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(keep)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _drop_rankless_value_info(attr.g)
+            for sub in attr.graphs:
+                _drop_rankless_value_info(sub)
 
 
 def opset_of(graph: gs.Graph, domain: str = "") -> int:
@@ -191,6 +208,70 @@ def bypass_node(node: gs.Node, graph: gs.Graph, input_index: int = 0, output_ind
     node.outputs.clear()
     node.inputs.clear()
     return None
+
+
+def dtype_of(t: gs.Tensor) -> np.dtype | None:
+    """The numpy dtype of a tensor, or None when unknown (or not a numpy type)."""
+    if t.dtype is None:
+        return None
+    try:
+        return np.dtype(t.dtype)
+    except TypeError:
+        return None
+
+
+def shape_of(t: gs.Tensor) -> list[int | str | None] | None:
+    """The tensor's shape as known (ints for static dims, str/None for dynamic ones), or None if the rank is unknown."""
+    if isinstance(t, gs.Constant):
+        return list(t.values.shape)
+    v = constant_value(t)
+    if v is not None:
+        return list(v.shape)
+    if t.shape is None:
+        return None
+    return [d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) and d else None)
+            for d in t.shape]
+
+
+def static_shape(t: gs.Tensor) -> list[int] | None:
+    """The shape when every dim is a known int, else None."""
+    s = shape_of(t)
+    if s is None or any(not isinstance(d, (int, np.integer)) for d in s):
+        return None
+    return [int(d) for d in s]
+
+
+def bypass_reason(node: gs.Node, graph: gs.Graph, input_index: int = 0, output_index: int = 0) -> str | None:
+    """The reason ``bypass_node`` would decline for this node, or None when it would succeed (it mutates nothing)."""
+    src, dst = node.inputs[input_index], node.outputs[output_index]
+    ds, dd = dtype_of(src), dtype_of(dst)
+    if ds is not None and dd is not None and ds != dd:
+        return "input and output dtypes differ"
+    if any(is_graph_output(dst, g) for g in iter_graphs(graph)):
+        prod = producer(src)
+        if (prod is None or len(src.outputs) != 1 or is_graph_output(src, graph) or is_graph_input(src, graph)
+                or not any(n is prod for n in graph.nodes)):
+            return "its output is a graph output and its input cannot take that name"
+    return None
+
+
+def other_outputs_unused(node: gs.Node, graph: gs.Graph, keep: int = 0) -> bool:
+    """True when no output but ``keep`` has a consumer or is a graph output."""
+    for i, t in enumerate(node.outputs):
+        if i == keep or not t.name:
+            continue
+        if t.outputs or any(is_graph_output(t, g) for g in iter_graphs(graph)):
+            return False
+    return True
+
+
+def default_domain(check: Callable) -> Callable:
+    """Wrap a check so that it declines nodes of any domain but the default one (their semantics are unknown)."""
+    def wrapped(node, graph, ctx):
+        if node.domain not in (None, "", "ai.onnx"):
+            return f"domain '{node.domain}' is not the default one"
+        return check(node, graph, ctx)
+    return wrapped
 
 
 def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:

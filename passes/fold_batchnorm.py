@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, is_graph_output, iter_graphs, make_constant, opset_of, producer, unique_name
+from onnxopt.ir import (
+    constant_value,
+    default_domain,
+    dtype_of,
+    is_graph_output,
+    iter_graphs,
+    make_constant,
+    opset_of,
+    other_outputs_unused,
+    producer,
+    shape_of,
+    unique_name,
+)
 from onnxopt.pass_manager import register_pass
-from onnxopt.passes.remove_noops import default_domain, dtype_of, other_outputs_unused, shape_of
 from onnxopt.rewrite import Rewrite, RewritePass
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value
+from onnxopt.ir import constant_value, default_domain
 from onnxopt.pass_manager import register_pass
 from onnxopt.passes.fold_batchnorm import rewrite_weighted, weighted_producer
-from onnxopt.passes.remove_noops import default_domain
 from onnxopt.rewrite import Rewrite, RewritePass
 
 CONV_OPS = ("Conv", "ConvTranspose")

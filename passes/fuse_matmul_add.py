@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, is_graph_output, iter_graphs, opset_of, producer
+from onnxopt.ir import (
+    constant_value,
+    default_domain,
+    dtype_of,
+    is_graph_output,
+    iter_graphs,
+    opset_of,
+    producer,
+    shape_of,
+)
 from onnxopt.pass_manager import register_pass
-from onnxopt.passes.remove_noops import default_domain, dtype_of, shape_of
 from onnxopt.rewrite import Rewrite, RewritePass
 
 GEMM_FLOATS = (np.float16, np.float32, np.float64)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, make_constant, opset_of, producer, unique_name
+from onnxopt.ir import constant_value, default_domain, make_constant, opset_of, producer, shape_of, unique_name
 from onnxopt.pass_manager import register_pass
-from onnxopt.passes.remove_noops import default_domain, shape_of
 from onnxopt.rewrite import Rewrite, RewritePass
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import bypass_node, producer
+from onnxopt.ir import bypass_node, bypass_reason, default_domain, producer, shape_of
 from onnxopt.pass_manager import register_pass
-from onnxopt.passes.remove_noops import bypass_reason, default_domain, shape_of
 from onnxopt.rewrite import Rewrite, RewritePass
 
 

@@ -51,6 +51,7 @@ class QuantizeDynamic(Pass):
         count = 0
         for graph in list(iter_graphs(model.graph)):
             touched = False
+            shared: dict[int, tuple[gs.Variable, gs.Variable, gs.Variable]] = {}
             for node in list(graph.nodes):
                 if node.op not in ("MatMul", "Gemm") or (node.domain or "") not in ("", "ai.onnx"):
                     continue
@@ -58,7 +59,7 @@ class QuantizeDynamic(Pass):
                 if reason:
                     ctx.decline(self.name, f"{node.op} '{node.name}'", reason)
                     continue
-                self._rewrite(graph, node, wq, namer, params)
+                self._rewrite(graph, node, wq, namer, params, shared)
                 count += 1
                 touched = True
             if touched:
@@ -87,7 +88,7 @@ class QuantizeDynamic(Pass):
         return None
 
     def _rewrite(self, graph: gs.Graph, node: gs.Node, wq: TensorQuant, namer: _Names,
-                 params: dict[str, dict[str, Any]]) -> None:
+                 params: dict[str, dict[str, Any]], shared: dict[int, tuple[gs.Variable, ...]]) -> None:
         a, w_t, out = node.inputs[0], node.inputs[1], node.outputs[0]
         w = np.asarray(constant_value(w_t), dtype=np.float32)
         if node.op == "Gemm" and node.attrs.get("transB", 0):
@@ -97,15 +98,19 @@ class QuantizeDynamic(Pass):
         params[w_t.name] = {"kind": "weight", "axis": 1 if wq.per_channel else None, "channels": int(scale.size),
                             "scale_min": float(scale.min()), "scale_max": float(scale.max()),
                             "min": float(w.min()), "max": float(w.max()), "dtype": "int8", "dynamic": True}
-        aq = gs.Variable(namer(f"{base}_input_quantized"), dtype=np.uint8)
-        a_scale = gs.Variable(namer(f"{base}_input_scale"), dtype=np.float32, shape=[])
-        a_zp = gs.Variable(namer(f"{base}_input_zero_point"), dtype=np.uint8, shape=[])
+        new: list[gs.Node] = []
+        if id(a) not in shared:  # one DynamicQuantizeLinear per input, shared by the MatMuls reading it (Q/K/V)
+            aq = gs.Variable(namer(f"{base}_input_quantized"), dtype=np.uint8)
+            a_scale = gs.Variable(namer(f"{base}_input_scale"), dtype=np.float32, shape=[])
+            a_zp = gs.Variable(namer(f"{base}_input_zero_point"), dtype=np.uint8, shape=[])
+            new.append(gs.Node("DynamicQuantizeLinear", namer(f"{base}_DynamicQuantizeLinear"), inputs=[a],
+                               outputs=[aq, a_scale, a_zp]))
+            shared[id(a)] = (aq, a_scale, a_zp)
+        aq, a_scale, a_zp = shared[id(a)]
         acc = gs.Variable(namer(f"{base}_int32"), dtype=np.int32)
         acc_f = gs.Variable(namer(f"{base}_int32_float"), dtype=np.float32)
         out_scale = gs.Variable(namer(f"{base}_output_scale"), dtype=np.float32)
-        new = [
-            gs.Node("DynamicQuantizeLinear", namer(f"{base}_DynamicQuantizeLinear"), inputs=[a],
-                    outputs=[aq, a_scale, a_zp]),
+        new += [
             gs.Node("MatMulInteger", namer(f"{base}_MatMulInteger"),
                     inputs=[aq, gs.Constant(namer(f"{w_t.name}_quantized"), qw), a_zp,
                             gs.Constant(namer(f"{w_t.name}_zero_point"), zp)], outputs=[acc]),

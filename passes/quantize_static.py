@@ -32,10 +32,11 @@ constant of the output-channel count, or a Gemm with alpha/beta != 1 (bias kept 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.analysis.quant_regions import DEFAULT_CONCAT_FACTOR, float_regions, wide_range_concats
@@ -61,6 +62,49 @@ SAME_SCALE = {"MaxPool", "GlobalMaxPool"}  # quantized ops whose output must kee
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 _FLOAT = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)}
 PARAMS_KEY = "quant_params"
+DEFAULT_MIN_MACS = 0
+
+
+def conv_macs(node: gs.Node, shapes: Mapping[str, Sequence[Any]] | None = None) -> int | None:
+    """Multiply-accumulates of one Conv/ConvTranspose per batch item, from the tensor's shape (or ``shapes``,
+    shapes inferred at the calibration inputs' sizes); None when unknown."""
+    w = constant_value(node.inputs[1])
+    if w is None:
+        return None
+    big = node.inputs[0] if node.op == "ConvTranspose" else node.outputs[0]
+    shape = big.shape
+    if (not shape or len(shape) < 3 or any(not isinstance(d, int) for d in shape[2:])) and shapes:
+        shape = shapes.get(big.name)
+    if not shape or len(shape) < 3 or any(not isinstance(d, int) or d < 0 for d in shape[2:]):
+        return None
+    spatial = int(np.prod(shape[2:]))
+    return int(np.asarray(w).size) * spatial
+
+
+def shapes_at(model: Model, data: Any) -> dict[str, list[Any]]:
+    """Main-graph tensor shapes inferred with the inputs fixed to the first calibration sample's shapes
+    (only for re-readable data; a read-once reader is left for calibration)."""
+    if not getattr(data, "reiterable", isinstance(data, (list, tuple))):
+        return {}
+    try:
+        first = next(iter(data))
+        proto = model.to_onnx()
+        for vi in proto.graph.input:
+            if vi.name in first:
+                dims = vi.type.tensor_type.shape.dim
+                for d, n in zip(dims, np.shape(first[vi.name]), strict=False):
+                    d.Clear()
+                    d.dim_value = int(n)
+        del proto.graph.value_info[:]
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception as exc:  # shapes are a help for the MACs rule only
+        log.debug("no shapes at the calibration sizes: %s", exc)
+        return {}
+    out = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        if vi.type.tensor_type.HasField("shape"):
+            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return out
 
 
 class _Names:
@@ -156,6 +200,7 @@ class QuantizeStatic(Pass):
             ctx.decline(self.name, "model", "no calibration data (pass --calib data.npz)")
             return PassResult(False)
         self._dq_params: dict[int, tuple[Any, Any]] = {}
+        self._shapes = shapes_at(model, ctx.calibration) if ctx.option("int8_min_macs", DEFAULT_MIN_MACS) else {}
         graphs = list(iter_graphs(model.graph))
         extra_float: dict[int, str] = {}
         plans = [self._plan(g, scheme, ctx, extra_float, record=False) for g in graphs]
@@ -184,6 +229,7 @@ class QuantizeStatic(Pass):
         keep = set(scheme.keep_float) - set(scheme.op_types)
         regions = {**float_regions(graph, keep), **extra_float}
         decline = (lambda n, r: ctx.decline(self.name, f"{n.op} '{n.name}'", r)) if record else (lambda n, r: None)
+        min_macs = int(ctx.option("int8_min_macs", DEFAULT_MIN_MACS))
         qnodes: list[gs.Node] = []
         for node in graph.nodes:
             if node.op not in scheme.op_types or (node.domain or "") not in ("", "ai.onnx"):
@@ -200,9 +246,12 @@ class QuantizeStatic(Pass):
                 decline(node, "output is not floating-point")
             elif node.op in WEIGHTED and node.op != "MatMul" and constant_value(node.inputs[1]) is None:
                 decline(node, "weight is not a constant")
+            elif (node.op in ("Conv", "ConvTranspose") and (macs := conv_macs(node, self._shapes)) is not None
+                  and macs < min_macs):
+                decline(node, f"too little work for int8 to pay off ({macs} MACs < {min_macs})")
             else:
                 qnodes.append(node)
-        qnodes = self._drop_useless_binary(graph, qnodes, decline)
+        qnodes = self._drop_useless(graph, qnodes, decline)
         qids = {id(n) for n in qnodes}
         tensors: dict[str, gs.Tensor] = {}
         groups = _Groups()
@@ -259,10 +308,11 @@ class QuantizeStatic(Pass):
         return {"qnodes": qnodes, "tensors": tensors, "groups": groups}
 
     @staticmethod
-    def _drop_useless_binary(graph: gs.Graph, qnodes: list[gs.Node], decline: Any) -> list[gs.Node]:
+    def _drop_useless(graph: gs.Graph, qnodes: list[gs.Node], decline: Any) -> list[gs.Node]:
         """Add/Mul stay float when one input is a constant (a bias or a scale: onnxruntime folds it into the
-        MatMul/Conv before it, in float) or when no quantized op reads their output (through pass-through ops):
-        an int8 Add that feeds a float LayerNorm or Softmax only adds Q/DQ work and error."""
+        MatMul/Conv before it, in float). Any op but the weighted ones and Relu/Clip stays float when no
+        quantized op reads its output (through pass-through ops): an int8 Add that feeds a float LayerNorm, or a
+        HardSwish between two float convolutions, only adds Q/DQ work and error."""
         for node in qnodes:
             if node.op in ("Add", "Mul") and any(constant_value(t) is not None for t in node.inputs):
                 decline(node, "one input is a constant (folded into the op before it in float)")
@@ -279,7 +329,11 @@ class QuantizeStatic(Pass):
                         return True
                 return False
 
-            drop = [n for n in kept if n.op in ("Add", "Mul") and not read_quantized(n.outputs[0])]
+            def fused(n: gs.Node, ids: set[int] = ids) -> bool:  # Relu/Clip right after a quantized Conv/MatMul
+                p = producer(n.inputs[0])
+                return n.op in FUSED_ACTIVATIONS and p is not None and id(p) in ids and p.op in WEIGHTED
+
+            drop = [n for n in kept if n.op not in WEIGHTED and not fused(n) and not read_quantized(n.outputs[0])]
             if not drop:
                 return kept
             for n in drop:

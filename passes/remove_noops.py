@@ -6,69 +6,21 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
 
-from onnxopt.ir import bypass_node, constant_value, is_graph_input, is_graph_output, iter_graphs, opset_of, producer
+from onnxopt.ir import (
+    bypass_node,
+    bypass_reason,
+    constant_value,
+    default_domain,
+    dtype_of,
+    opset_of,
+    other_outputs_unused,
+    shape_of,
+)
 from onnxopt.pass_manager import register_pass
 from onnxopt.rewrite import Rewrite, RewritePass
 
 INT64_MAX = np.iinfo(np.int64).max
 INT32_MAX = np.iinfo(np.int32).max
-
-
-# ---- small helpers shared with the other canonicalization passes of this family -------------------------------
-
-def dtype_of(t: gs.Tensor) -> np.dtype | None:
-    """The numpy dtype of a tensor, or None when unknown (or not a numpy type)."""
-    if t.dtype is None:
-        return None
-    try:
-        return np.dtype(t.dtype)
-    except TypeError:
-        return None
-
-
-def shape_of(t: gs.Tensor) -> list[int | str | None] | None:
-    """The tensor's shape as known (ints for static dims, str/None for dynamic ones), or None if the rank is unknown."""
-    if isinstance(t, gs.Constant):
-        return list(t.values.shape)
-    v = constant_value(t)
-    if v is not None:
-        return list(v.shape)
-    if t.shape is None:
-        return None
-    return [d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) and d else None)
-            for d in t.shape]
-
-
-def static_shape(t: gs.Tensor) -> list[int] | None:
-    """The shape when every dim is a known int, else None."""
-    s = shape_of(t)
-    if s is None or any(not isinstance(d, (int, np.integer)) for d in s):
-        return None
-    return [int(d) for d in s]
-
-
-def bypass_reason(node: gs.Node, graph: gs.Graph, input_index: int = 0, output_index: int = 0) -> str | None:
-    """The reason ``bypass_node`` would decline for this node, or None when it would succeed (it mutates nothing)."""
-    src, dst = node.inputs[input_index], node.outputs[output_index]
-    ds, dd = dtype_of(src), dtype_of(dst)
-    if ds is not None and dd is not None and ds != dd:
-        return "input and output dtypes differ"
-    if any(is_graph_output(dst, g) for g in iter_graphs(graph)):
-        prod = producer(src)
-        if (prod is None or len(src.outputs) != 1 or is_graph_output(src, graph) or is_graph_input(src, graph)
-                or not any(n is prod for n in graph.nodes)):
-            return "its output is a graph output and its input cannot take that name"
-    return None
-
-
-def other_outputs_unused(node: gs.Node, graph: gs.Graph, keep: int = 0) -> bool:
-    """True when no output but ``keep`` has a consumer or is a graph output."""
-    for i, t in enumerate(node.outputs):
-        if i == keep or not t.name:
-            continue
-        if t.outputs or any(is_graph_output(t, g) for g in iter_graphs(graph)):
-            return False
-    return True
 
 
 def _int_list(value) -> list[int] | None:
@@ -284,15 +236,6 @@ def _check_arith(node, graph, ctx):
     if dx != dc:
         return "operand dtypes differ"
     return bypass_reason(node, graph, input_index=xi)
-
-
-def default_domain(check):
-    """Wrap a check so that it declines nodes of any domain but the default one (their semantics are unknown)."""
-    def wrapped(node, graph, ctx):
-        if node.domain not in (None, "", "ai.onnx"):
-            return f"domain '{node.domain}' is not the default one"
-        return check(node, graph, ctx)
-    return wrapped
 
 
 def _apply(node, graph, ctx):

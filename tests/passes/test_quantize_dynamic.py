@@ -34,7 +34,7 @@ def test_bert_dynamic_fidelity():
     m = build("bert")
     out, ctx = dynamic(m)
     ops = Counter(op_types(out))
-    assert ops["MatMulInteger"] > 0 and ops["DynamicQuantizeLinear"] == ops["MatMulInteger"]
+    assert 0 < ops["DynamicQuantizeLinear"] < ops["MatMulInteger"]  # Q/K/V share one
     assert any(t.data_type == T.INT8 for t in out.graph.initializer)
     feeds = sample_inputs(m, seed=3)
     ref, got = run_model(m, feeds), run_model(out, feeds)

@@ -63,24 +63,66 @@ def col2im3d(cols, M, D, H, W, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, i
 
 
 @numba.njit(cache=True, nogil=True)
-def depthwise2d(xp, w, mult, sh, sw, dh, dw, oh, ow):  # pragma: no cover - jitted
-    """xp: padded (C, Hp, Wp); w: (C*mult, kh, kw) -> (C*mult, oh, ow). Output channel m reads channel m//mult.
+def pad_phases(x, ph, pw, Hp, sw, Wq):  # pragma: no cover - jitted
+    """x: (C, H, W) -> (C, Hp, sw, Wq), zero padded by ``ph`` rows / ``pw`` columns in front, the columns split
+    into ``sw`` phases: padded column ``j*sw + p`` lands at ``[..., p, j]``. Rows past ``Hp`` are dropped."""  # noqa: D205
+    C, H, W = x.shape
+    out = np.empty((C, Hp, sw, Wq), dtype=x.dtype)  # only the padding is zeroed: no second pass over the data
+    zero = x.dtype.type(0)
+    for c in range(C):
+        for r in range(Hp):
+            i = r - ph
+            for p in range(sw):
+                dst = out[c, r, p]
+                if i < 0 or i >= H:
+                    for t in range(Wq):
+                        dst[t] = zero
+                    continue
+                j0 = (p - pw) % sw  # first input column whose padded column is in phase p
+                q0 = min((j0 + pw) // sw, Wq)
+                n = max(0, min((W - j0 + sw - 1) // sw, Wq - q0))
+                for t in range(q0):
+                    dst[t] = zero
+                for t in range(q0 + n, Wq):
+                    dst[t] = zero
+                d2 = dst[q0:]
+                src = x[c, i, j0:]
+                if sw == 1:
+                    for t in range(n):
+                        d2[t] = src[t]
+                else:
+                    for t in range(n):
+                        d2[t] = src[np.uint64(t * sw)]  # unsigned: no negative-index wraparound test
+    return out
 
-    Rows are sliced before the inner loop so its indices are plain loop counters: LLVM vectorizes it."""  # noqa: D205
+
+@numba.njit(cache=True, nogil=True)
+def depthwise2d(xq, w, bias, mult, sh, sw, dh, dw, out):  # pragma: no cover - jitted
+    """Depthwise conv into ``out`` (C*mult, oh, ow) from ``xq`` = ``pad_phases(...)`` (C, Hp, sw, Wq);
+    w: (C*mult, kh, kw); bias: (C*mult,). Output channel m reads channel m//mult.
+
+    One output row at a time in a small accumulator: every tap reads its source row in order (the phase
+    split turns a column stride into unit steps), so the inner loop vectorizes for any stride."""  # noqa: D205
     M, kh, kw = w.shape
-    out = np.zeros((M, oh, ow), dtype=xp.dtype)
+    oh, ow = out.shape[1], out.shape[2]
+    acc = np.empty(ow, dtype=out.dtype)
     for m in range(M):
         c = m // mult
-        for b in range(kh):
-            for e in range(kw):
-                wv = w[m, b, e]
-                for y in range(oh):
-                    orow = out[m, y]
-                    srow = xp[c, y * sh + b * dh, e * dw:]
-                    if sw != 1:
-                        srow = srow[::sw]
+        b0 = bias[m]
+        for y in range(oh):
+            for xo in range(ow):
+                acc[xo] = b0
+            for b in range(kh):
+                iy = y * sh + b * dh
+                for e in range(kw):
+                    off = e * dw
+                    src = xq[c, iy, off % sw, off // sw:]  # sliced: a plain counter index vectorizes (no gather)
+                    wv = w[m, b, e]
                     for xo in range(ow):
-                        orow[xo] += wv * srow[xo]
+                        acc[xo] += wv * src[xo]
+            orow = out[m, y]
+            for xo in range(ow):
+                orow[xo] = acc[xo]
     return out
 
 

@@ -55,6 +55,23 @@ def depthwise_nd(xp, w, mult, strides, dilations, out_shape):
     return out
 
 
+def pad_phases_np(x, ph, pw, Hp, sw, Wq):
+    """Numpy twin of ``_nn_jit.pad_phases``: (C, H, W) -> (C, Hp, sw, Wq)."""
+    C, H, W = x.shape
+    buf = np.zeros((C, max(Hp, H + ph), max(sw * Wq, W + pw)), dtype=x.dtype)
+    buf[:, ph:ph + H, pw:pw + W] = x
+    buf = buf[:, :Hp, :sw * Wq]
+    return np.ascontiguousarray(buf.reshape(C, Hp, Wq, sw).transpose(0, 1, 3, 2))
+
+
+def batchnorm_np(x, scale, bias, mean, var, epsilon):
+    """Numpy twin of ``_nn_jit.batchnorm``: x (N, C, S) in inference mode."""
+    t = x.dtype.type
+    a = (scale / np.sqrt(var + t(epsilon))).astype(x.dtype)
+    b = (bias - mean * a).astype(x.dtype)
+    return x * a[None, :, None] + b[None, :, None]
+
+
 def pool_nd(x, mode, p, kernel, strides, dilations, pads_begin, pads_end, out_shape):
     """x: (NC, *spatial). mode 0 max, 1 avg counting pads, 2 avg without pads, 3 Lp. No indices."""
     nd = len(kernel)

@@ -67,8 +67,22 @@ def _im2col(x, kshape, strides, dilations, pb, pe, out):
     return P.im2col_nd(x, kshape, strides, dilations, pb, pe, out)
 
 
-def conv_core(x, w, group, pb, pe, out, strides, dilations):
-    """Convolution without bias; ``x`` (N, C, *sp) and ``w`` (M, C/group, *k) of the same (numeric) dtype."""
+def _depthwise(xn, w, bias, pb, out, strides, dilations, y):
+    """Depthwise 1-D/2-D conv of one image ``xn`` (C, *sp) into ``y`` (M, *out), bias fused."""
+    M, C = w.shape[0], xn.shape[0]
+    if len(out) == 1:
+        xn, w = xn[:, None, :], w[:, :, None, :]
+        pb, out, strides, dilations = [0, pb[0]], [1, out[0]], [1, strides[0]], [1, dilations[0]]
+    (kh, kw), (sh, sw), (dh, dw) = w.shape[2:], strides, dilations
+    Hp = (out[0] - 1) * sh + (kh - 1) * dh + 1  # rows and columns past these are never read
+    Wq = -(-((out[1] - 1) * sw + (kw - 1) * dw + 1) // sw)
+    xq = J.pad_phases(np.ascontiguousarray(xn), pb[0], pb[1], Hp, sw, Wq)
+    b = np.zeros(M, y.dtype) if bias is None else np.ascontiguousarray(bias, dtype=y.dtype)
+    J.depthwise2d(xq, np.ascontiguousarray(w.reshape(M, kh, kw)), b, M // C, sh, sw, dh, dw, y.reshape(M, *out))
+
+
+def conv_core(x, w, group, pb, pe, out, strides, dilations, bias=None):
+    """Convolution; ``x`` (N, C, *sp) and ``w`` (M, C/group, *k) of the same (numeric) dtype, optional ``bias`` (M,)."""
     N, C = x.shape[:2]
     M = w.shape[0]
     kshape = list(w.shape[2:])
@@ -81,18 +95,7 @@ def conv_core(x, w, group, pb, pe, out, strides, dilations):
     for n in range(N):
         xn = x[n]
         if depthwise:
-            xp = np.pad(xn, [(0, 0)] + [(b, e) for b, e in zip(pb, pe, strict=False)])
-            need = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(out, strides, kshape, dilations, strict=False)]
-            tail = [max(0, nd_ - xs) for nd_, xs in zip(need, xp.shape[1:], strict=False)]
-            if any(tail):
-                xp = np.pad(xp, [(0, 0)] + [(0, t) for t in tail])
-            if nd == 1:
-                xp, wk = xp[:, None, :], w.reshape(M, 1, kshape[0])
-                s2, d2, o2 = [1, strides[0]], [1, dilations[0]], [1, out[0]]
-            else:
-                wk, s2, d2, o2 = w.reshape(M, *kshape), strides, dilations, out
-            res = J.depthwise2d(np.ascontiguousarray(xp), np.ascontiguousarray(wk), M // C, *s2, *d2, *o2)
-            y[n] = res.reshape(M, npix)
+            _depthwise(xn, w, bias, pb, out, strides, dilations, y[n])
             continue
         if pointwise:
             cols = xn.reshape(C, -1)
@@ -104,6 +107,8 @@ def conv_core(x, w, group, pb, pe, out, strides, dilations):
         for g in range(group):
             wg = w[g * mg:(g + 1) * mg].reshape(mg, -1)
             np.matmul(wg, cols[g * cg * ksz:(g + 1) * cg * ksz], out=y[n, g * mg:(g + 1) * mg])
+        if bias is not None:
+            y[n] += bias.reshape(-1, 1).astype(y.dtype, copy=False)
     return y.reshape(N, M, *out)
 
 
@@ -112,9 +117,7 @@ def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     kshape = list(W.shape[2:])
     pb, pe, out, s, d = conv_geometry(X.shape[2:], kshape, strides, dilations, pads, auto_pad)
     x = _f32(X)
-    y = conv_core(x, W.astype(x.dtype, copy=False), group, pb, pe, out, s, d)
-    if B is not None:
-        y += B.reshape((1, -1) + (1,) * len(out)).astype(y.dtype)
+    y = conv_core(x, W.astype(x.dtype, copy=False), group, pb, pe, out, s, d, B)
     return y.astype(X.dtype, copy=False)
 
 
