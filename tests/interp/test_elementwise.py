@@ -39,6 +39,24 @@ def test_numba_leaky_relu_matches_numpy_version(dtype, alpha):
         np.testing.assert_array_equal(got, ew.leaky_relu_numpy(x, alpha))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("op", ["HardSigmoid", "HardSwish", "Clip"])
+def test_numba_hard_activations_and_clip_match_numpy_versions(dtype, op):
+    x = np.random.default_rng(3).standard_normal((4, 6, 5)).astype(dtype) * 5
+    x = np.concatenate([x.reshape(-1), [-0.0, np.inf, -np.inf, np.nan, 3.0, -3.0]]).astype(dtype)[::2]
+    if op == "HardSigmoid":
+        got, want = ew.HardSigmoid(x, alpha=0.3, beta=0.4), ew.hard_sigmoid_numpy(x, 0.3, 0.4, False)
+    elif op == "HardSwish":
+        with np.errstate(invalid="ignore"):  # inf * 0 in the numpy version
+            got, want = ew.HardSwish(x), ew.hard_sigmoid_numpy(x, 1 / 6, 0.5, True)
+    else:
+        lo, hi = np.array(-1.5, dtype), np.array(2.5, dtype)
+        got, want = ew.Clip_11(x, lo, hi), ew.clip_numpy(x, lo, hi)
+        np.testing.assert_array_equal(ew.Clip_11(x, None, hi), ew.clip_numpy(x, None, hi))
+    assert got.dtype == x.dtype and got.shape == x.shape
+    np.testing.assert_array_equal(got, want)
+
+
 def test_clip_min_above_max_gives_max():
     x = np.array([-5, 0, 5], np.float32)
     np.testing.assert_array_equal(ew.Clip_11(x, np.array(3, np.float32), np.array(1, np.float32)), [1, 1, 1])

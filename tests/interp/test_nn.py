@@ -169,13 +169,92 @@ def test_im2col_col2im_jit_vs_numpy(k, s, d, p):
     np.testing.assert_allclose(J.col2im3d(cols, 2, *x.shape[1:], *k, *s, *d, *p, *ins), ref2)
 
 
-@pytest.mark.parametrize("mult,s,d", [(1, (1, 1), (1, 1)), (2, (2, 2), (1, 1)), (1, (1, 2), (2, 1))])
-def test_depthwise_jit_vs_numpy(mult, s, d):
-    xp = RNG.standard_normal((3, 12, 13)).astype(np.float32)
+@pytest.mark.parametrize("shape,ph,pw,sh,sw,Hq,Wq", [((3, 7, 9), 1, 1, 1, 1, 9, 11), ((3, 7, 9), 1, 2, 2, 2, 5, 6),
+                                                      ((2, 5, 10), 0, 3, 1, 3, 5, 5), ((2, 5, 4), 2, 5, 3, 2, 2, 3),
+                                                      ((2, 6, 7), 3, 0, 2, 4, 6, 1), ((1, 3, 3), 0, 0, 2, 2, 1, 1)])
+def test_pad_phases_jit_vs_numpy(shape, ph, pw, sh, sw, Hq, Wq):
+    x = RNG.standard_normal(shape).astype(np.float32)
+    got = J.pad_phases(x, ph, pw, sh, sw, Hq, Wq)
+    want = P.pad_phases_np(x, ph, pw, sh, sw, Hq, Wq)
+    assert got.shape == want.shape == (shape[0], sh, sw, Hq, Wq)
+    np.testing.assert_array_equal(got, want)
+    padded = np.pad(x, [(0, 0), (ph, sh * Hq), (pw, sw * Wq)])
+    np.testing.assert_array_equal(got[:, 1 % sh, 1 % sw], padded[:, 1 % sh::sh, 1 % sw::sw][:, :Hq, :Wq])
+
+
+DW_CASES = [(1, (1, 1), (1, 1), (12, 13)), (2, (2, 2), (1, 1), (12, 13)), (1, (1, 2), (2, 1), (12, 13)),
+            (1, (2, 2), (2, 2), (15, 17)), (1, (3, 2), (1, 3), (14, 11)), (3, (2, 1), (1, 1), (9, 10)),
+            (1, (1, 1), (1, 1), (70, 71)), (1, (1, 1), (2, 3), (60, 75)), (2, (2, 2), (1, 1), (101, 99)),
+            (1, (2, 3), (3, 1), (97, 120))]  # last four: row loop, not whole planes
+
+
+@pytest.mark.parametrize("mult,s,d,hw", DW_CASES)
+def test_depthwise_jit_vs_numpy(mult, s, d, hw):
+    x = RNG.standard_normal((3, *hw)).astype(np.float32)
     w = RNG.standard_normal((3 * mult, 3, 3)).astype(np.float32)
-    out = [(n - ((3 - 1) * dd + 1)) // ss + 1 for n, dd, ss in zip(xp.shape[1:], d, s, strict=False)]
-    np.testing.assert_allclose(J.depthwise2d(xp, w, mult, *s, *d, *out),
-                               P.depthwise_nd(xp, w, mult, s, d, out), rtol=1e-5, atol=1e-5)
+    bias = RNG.standard_normal(3 * mult).astype(np.float32)
+    out = [(n - ((3 - 1) * dd + 1)) // ss + 1 for n, dd, ss in zip(hw, d, s, strict=False)]
+    Hq, Wq = out[0] + 2 * d[0] // s[0] + 1, out[1] + 2 * d[1] // s[1]
+    xq = J.pad_phases(x, 0, 0, *s, Hq, Wq)
+    got = J.depthwise2d(xq, w, bias, mult, *d, np.empty((3 * mult, *out), np.float32))
+    want = P.depthwise_nd(x, w, mult, s, d, out) + bias[:, None, None]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+DW_CONV_CASES = [
+    dict(shape=(1, 5, 13, 11), k=(3, 3), strides=[2, 2], pads=[1, 1, 1, 1]),
+    dict(shape=(2, 4, 12, 15), k=(3, 3), strides=[2, 2], pads=[0, 2, 1, 0], dilations=[2, 1]),
+    dict(shape=(1, 3, 17, 16), k=(5, 5), strides=[2, 2], pads=[2, 2, 2, 2], dilations=[2, 2]),
+    dict(shape=(1, 4, 9, 9), k=(5, 5), strides=[1, 1], pads=[2, 2, 2, 2]),
+    dict(shape=(1, 4, 7, 7), k=(3, 3), strides=[1, 1], pads=[3, 0, 0, 3], dilations=[2, 3]),
+    dict(shape=(1, 3, 11, 10), k=(3, 2), strides=[3, 2], pads=[1, 0, 2, 1]),
+    dict(shape=(1, 2, 40, 41), k=(3, 3), strides=[1, 1], pads=[1, 1, 1, 1]),  # row loop
+    dict(shape=(1, 2, 99, 101), k=(3, 3), strides=[2, 2], pads=[1, 0, 1, 1]),  # row loop
+    dict(shape=(1, 2, 8, 9), k=(3, 3), strides=[1, 2], auto_pad="SAME_LOWER", mult=2),
+    dict(shape=(1, 3, 21), k=(5,), strides=[2], pads=[2, 1], dilations=[2]),  # 1-D
+    dict(shape=(1, 3, 19), k=(3,), strides=[1], pads=[0, 4], mult=3),  # 1-D
+]
+
+
+@pytest.mark.parametrize("case", DW_CONV_CASES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_depthwise_conv_matches_onnxruntime(case, with_bias):
+    case = dict(case)
+    shape, k, mult = case.pop("shape"), case.pop("k"), case.pop("mult", 1)
+    c = shape[1]
+    x = RNG.standard_normal(shape, dtype=np.float32)
+    w = RNG.standard_normal((c * mult, 1, *k), dtype=np.float32)
+    feeds = {"x": x, "w": w}
+    if with_bias:
+        feeds["b"] = RNG.standard_normal(c * mult, dtype=np.float32)
+    ref = ort_node("Conv", feeds, group=c, **case)
+    close(nn.Conv(*feeds.values(), group=c, **case), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_jit_vs_numpy(dtype):
+    x = RNG.standard_normal((2, 5, 3, 4)).astype(dtype)
+    s, b = RNG.random(5).astype(dtype) + 0.5, RNG.standard_normal(5).astype(dtype)
+    mu, var = RNG.standard_normal(5).astype(dtype), RNG.random(5).astype(dtype) + 0.1
+    got = J.batchnorm(x.reshape(2, 5, -1), s, b, mu, var, dtype(1e-3))
+    np.testing.assert_allclose(got, P.batchnorm_np(x.reshape(2, 5, -1), s, b, mu, var, 1e-3), rtol=1e-6, atol=1e-6)
+    y = nn.BatchNormalization(x[:, :, ::2], s, b, mu, var, epsilon=1e-3)  # non-contiguous input
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, P.batchnorm_np(np.ascontiguousarray(x[:, :, ::2]).reshape(2, 5, -1), s, b, mu, var,
+                                                 1e-3).reshape(y.shape), rtol=1e-6, atol=1e-6)
+
+
+def test_batchnorm_mixed_dtypes_and_float16():
+    x = RNG.standard_normal((1, 3, 4)).astype(np.float16)
+    s, b, mu, var = (np.float32([1.0, 2.0, 0.5]), np.float32([0.1, 0.0, -1.0]), np.float32([0.0, 1.0, 2.0]),
+                     np.float32([1.0, 0.5, 2.0]))
+    y = nn.BatchNormalization(x, s, b, mu, var)
+    assert y.dtype == np.float16
+    xf = x.astype(np.float32).reshape(1, 3, -1)
+    np.testing.assert_allclose(y.astype(np.float32), P.batchnorm_np(xf, s, b, mu, var, 1e-5).reshape(y.shape),
+                               rtol=2e-3, atol=2e-3)
+    y32 = nn.BatchNormalization(x.astype(np.float32), s.astype(np.float64), b, mu, var)
+    assert y32.dtype == np.float32
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2, 3])

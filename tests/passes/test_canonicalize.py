@@ -68,3 +68,34 @@ def test_shape_arithmetic_inside_if_branch():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     for cond in (True, False):
         assert_equivalent(before, after, {"x": x, "c": np.array(cond)})
+
+
+def test_exporter_rank_checks_fold_and_their_ifs_inline():
+    # silero-style: If(Equal(Gather(Shape(x), 1), 1)) drops a dim that is static (128) among dynamic ones when it is 1,
+    # then If(Equal(Size(Shape(that)), 3)) checks the rank; both conditions fold, both Ifs inline, only Relu is left.
+    def branch(name, node, out):
+        return helper.make_graph([node], name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+    inits = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("i1", 1), ("one", 1), ("ax", [1]),
+                                                                            ("r3", 3))]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i1"], ["d"], axis=0),
+        helper.make_node("Equal", ["d", "one"], ["c1"]),
+        helper.make_node("If", ["c1"], ["v"],
+                         then_branch=branch("sq", helper.make_node("ReduceSum", ["x", "ax"], ["q"], keepdims=0), "q"),
+                         else_branch=branch("id", helper.make_node("Identity", ["x"], ["k"]), "k")),
+        helper.make_node("Shape", ["v"], ["vs"]), helper.make_node("Size", ["vs"], ["rank"]),
+        helper.make_node("Equal", ["rank", "r3"], ["c2"]),
+        helper.make_node("If", ["c2"], ["y"], then_branch=branch("relu", helper.make_node("Relu", ["v"], ["p"]), "p"),
+                         else_branch=branch("neg", helper.make_node("Neg", ["v"], ["n"]), "n")),
+    ]
+    dims = ["N", 128, "T"]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)], inits)
+    before = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    after, report = apply_passes(before, canonicalize())
+    assert report["converged"]
+    assert op_types(after) == ["Relu"]
+    assert [o.name for o in after.graph.output] == ["y"]
+    x = np.random.default_rng(0).standard_normal((2, 128, 5)).astype(np.float32)
+    assert_equivalent(before, after, {"x": x})

@@ -13,6 +13,7 @@ from onnx import numpy_helper as nh
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
 from onnxopt.passes.quantize_dynamic import QuantizeDynamic
+from onnxopt.quant_scheme import QuantScheme
 from onnxopt.verify import compare_arrays, run_model
 
 RNG = np.random.default_rng(1)
@@ -83,3 +84,24 @@ def test_declines():
     ctx = PassContext()
     apply_passes(old, [QuantizeDynamic()], ctx)
     assert "needs opset 11" in ctx.declines[0].reason
+
+
+def test_auto_rule():
+    import pytest
+
+    from onnxopt.errors import UserError
+    from onnxopt.ir import Model
+    from onnxopt.targets.recipe_quantize import QuantizeAuto, choose_mode, quantize_steps
+
+    bert, cnn = Model.from_onnx(build("bert")), Model.from_onnx(build("resnet18"))
+    assert choose_mode(bert, "auto", has_data=True) == "dynamic"
+    assert choose_mode(bert, "auto", has_data=False) == "dynamic"
+    assert choose_mode(cnn, "auto", has_data=True) == "static"
+    assert choose_mode(cnn, "auto", has_data=False) == "none"
+    assert choose_mode(cnn, "dynamic", has_data=False) == "dynamic"
+    assert quantize_steps(None, {"quantize": "auto"}) == []
+    assert quantize_steps(QuantScheme(), {"quantize": "none"}) == []
+    with pytest.raises(UserError):
+        quantize_steps(QuantScheme(), {"quantize": "int4"})
+    with pytest.raises(UserError, match="--calib"):
+        QuantizeAuto(QuantScheme(), "static").run(cnn, PassContext())

@@ -63,48 +63,74 @@ def col2im3d(cols, M, D, H, W, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw, i
 
 
 @numba.njit(cache=True, nogil=True)
-def pad_phases(x, ph, pw, Hp, sw, Wq):  # pragma: no cover - jitted
-    """x: (C, H, W) -> (C, Hp, sw, Wq), zero padded by ``ph`` rows / ``pw`` columns in front, the columns split
-    into ``sw`` phases: padded column ``j*sw + p`` lands at ``[..., p, j]``. Rows past ``Hp`` are dropped."""  # noqa: D205
+def pad_phases(x, ph, pw, sh, sw, Hq, Wq):  # pragma: no cover - jitted
+    """x: (C, H, W) -> (C, sh, sw, Hq, Wq): x zero padded by ``ph`` rows / ``pw`` columns in front and split into
+    stride phases, padded element ``[c, i*sh + rp, j*sw + cp]`` at ``[c, rp, cp, i, j]`` (the rest dropped)."""  # noqa: D205
     C, H, W = x.shape
-    out = np.empty((C, Hp, sw, Wq), dtype=x.dtype)  # only the padding is zeroed: no second pass over the data
+    out = np.empty((C, sh, sw, Hq, Wq), dtype=x.dtype)  # only the padding is zeroed: no second pass over the data
     zero = x.dtype.type(0)
     for c in range(C):
-        for r in range(Hp):
-            i = r - ph
-            for p in range(sw):
-                dst = out[c, r, p]
-                if i < 0 or i >= H:
-                    for t in range(Wq):
+        for rp in range(sh):
+            for i in range(Hq):
+                xi = i * sh + rp - ph
+                for cp in range(sw):
+                    dst = out[c, rp, cp, i]
+                    if xi < 0 or xi >= H:
+                        for t in range(Wq):
+                            dst[t] = zero
+                        continue
+                    j0 = (cp - pw) % sw  # first input column whose padded column is in phase cp
+                    q0 = min((j0 + pw) // sw, Wq)
+                    n = max(0, min((W - j0 + sw - 1) // sw, Wq - q0))
+                    for t in range(q0):
                         dst[t] = zero
-                    continue
-                j0 = (p - pw) % sw  # first input column whose padded column is in phase p
-                q0 = min((j0 + pw) // sw, Wq)
-                n = max(0, min((W - j0 + sw - 1) // sw, Wq - q0))
-                for t in range(q0):
-                    dst[t] = zero
-                for t in range(q0 + n, Wq):
-                    dst[t] = zero
-                d2 = dst[q0:]
-                src = x[c, i, j0:]
-                if sw == 1:
-                    for t in range(n):
-                        d2[t] = src[t]
-                else:
-                    for t in range(n):
-                        d2[t] = src[np.uint64(t * sw)]  # unsigned: no negative-index wraparound test
+                    for t in range(q0 + n, Wq):
+                        dst[t] = zero
+                    d2 = dst[q0:]
+                    src = x[c, xi, j0:]
+                    if sw == 1:
+                        for t in range(n):
+                            d2[t] = src[t]
+                    else:
+                        for t in range(n):
+                            d2[t] = src[np.uint64(t * sw)]  # unsigned: no negative-index wraparound test
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def depthwise2d(xq, w, bias, mult, sh, sw, dh, dw, out):  # pragma: no cover - jitted
-    """Depthwise conv into ``out`` (C*mult, oh, ow) from ``xq`` = ``pad_phases(...)`` (C, Hp, sw, Wq);
+def depthwise2d(xq, w, bias, mult, dh, dw, out):  # pragma: no cover - jitted
+    """Depthwise conv into ``out`` (C*mult, oh, ow) from ``xq`` = ``pad_phases(...)`` (C, sh, sw, Hq, Wq);
     w: (C*mult, kh, kw); bias: (C*mult,). Output channel m reads channel m//mult.
 
-    One output row at a time in a small accumulator: every tap reads its source row in order (the phase
-    split turns a column stride into unit steps), so the inner loop vectorizes for any stride."""  # noqa: D205
+    In the phase layout every tap reads a plane at unit steps: ``out[y, x] += w * plane[y + ri, x + cj]``. Small
+    outputs run each tap as one pass over the whole plane computed Wq wide (columns past ow read the next row,
+    or the spare row pad_phases must leave, and are dropped); large ones one row at a time. Both vectorize."""  # noqa: D205
     M, kh, kw = w.shape
     oh, ow = out.shape[1], out.shape[2]
+    C, sh, sw, Hq, Wq = xq.shape
+    if oh * Wq <= 2048:
+        flat = xq.reshape(-1)
+        n = oh * Wq
+        wide = np.empty(n, dtype=out.dtype)
+        for m in range(M):
+            c = m // mult
+            b0 = bias[m]
+            for i in range(n):
+                wide[i] = b0
+            for b in range(kh):
+                rp, ri = (b * dh) % sh, (b * dh) // sh
+                for e in range(kw):
+                    cp, cj = (e * dw) % sw, (e * dw) // sw
+                    src = flat[(((c * sh + rp) * sw + cp) * Hq + ri) * Wq + cj:]
+                    wv = w[m, b, e]
+                    for i in range(n):
+                        wide[i] += wv * src[i]
+            for y in range(oh):
+                orow = out[m, y]
+                wrow = wide[y * Wq:]
+                for xo in range(ow):
+                    orow[xo] = wrow[xo]
+        return out
     acc = np.empty(ow, dtype=out.dtype)
     for m in range(M):
         c = m // mult
@@ -113,16 +139,32 @@ def depthwise2d(xq, w, bias, mult, sh, sw, dh, dw, out):  # pragma: no cover - j
             for xo in range(ow):
                 acc[xo] = b0
             for b in range(kh):
-                iy = y * sh + b * dh
+                rp, ri = (b * dh) % sh, (b * dh) // sh
                 for e in range(kw):
-                    off = e * dw
-                    src = xq[c, iy, off % sw, off // sw:]  # sliced: a plain counter index vectorizes (no gather)
+                    cp, cj = (e * dw) % sw, (e * dw) // sw
+                    src = xq[c, rp, cp, y + ri, cj:]  # sliced: a plain counter index vectorizes (no gather)
                     wv = w[m, b, e]
                     for xo in range(ow):
                         acc[xo] += wv * src[xo]
             orow = out[m, y]
             for xo in range(ow):
                 orow[xo] = acc[xo]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def batchnorm(x, scale, bias, mean, var, eps):  # pragma: no cover - jitted
+    """Inference BatchNormalization in one pass: x (N, C, S); parameters (C,) and ``eps`` of x's dtype."""
+    N, C, S = x.shape
+    out = np.empty((N, C, S), dtype=x.dtype)
+    for c in range(C):
+        a = scale[c] / np.sqrt(var[c] + eps)
+        b = bias[c] - mean[c] * a
+        for n in range(N):
+            src = x[n, c]
+            dst = out[n, c]
+            for i in range(S):
+                dst[i] = src[i] * a + b
     return out
 
 

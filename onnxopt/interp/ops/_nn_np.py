@@ -55,13 +55,13 @@ def depthwise_nd(xp, w, mult, strides, dilations, out_shape):
     return out
 
 
-def pad_phases_np(x, ph, pw, Hp, sw, Wq):
-    """Numpy twin of ``_nn_jit.pad_phases``: (C, H, W) -> (C, Hp, sw, Wq)."""
+def pad_phases_np(x, ph, pw, sh, sw, Hq, Wq):
+    """Numpy twin of ``_nn_jit.pad_phases``: (C, H, W) -> (C, sh, sw, Hq, Wq)."""
     C, H, W = x.shape
-    buf = np.zeros((C, max(Hp, H + ph), max(sw * Wq, W + pw)), dtype=x.dtype)
+    buf = np.zeros((C, max(sh * Hq, H + ph), max(sw * Wq, W + pw)), dtype=x.dtype)
     buf[:, ph:ph + H, pw:pw + W] = x
-    buf = buf[:, :Hp, :sw * Wq]
-    return np.ascontiguousarray(buf.reshape(C, Hp, Wq, sw).transpose(0, 1, 3, 2))
+    buf = buf[:, :sh * Hq, :sw * Wq]
+    return np.ascontiguousarray(buf.reshape(C, Hq, sh, Wq, sw).transpose(0, 2, 4, 1, 3))
 
 
 def batchnorm_np(x, scale, bias, mean, var, epsilon):

@@ -252,16 +252,46 @@ def Sigmoid(x):
     return one / (one + np.exp(-x))
 
 
+@numba.njit(cache=True, nogil=True)
+def _hard_sigmoid_loop(x, alpha, beta, swish, out):  # pragma: no cover - compiled
+    for i in range(x.size):
+        v = x[i]
+        h = v * alpha + beta
+        if h < 0:
+            h = 0
+        elif h > 1:
+            h = 1
+        out[i] = v * h if swish else h
+
+
+def _flat_jit(loop, x: np.ndarray, *args) -> np.ndarray:
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    loop(flat, *args, out)
+    return out.reshape(x.shape)
+
+
+def hard_sigmoid_numpy(x: np.ndarray, alpha: float, beta: float, swish: bool) -> np.ndarray:
+    """Plain numpy HardSigmoid (times x for HardSwish), the reference of the Numba loop."""
+    t = x.dtype.type
+    h = np.clip(x * t(alpha) + t(beta), t(0), t(1))
+    return x * h if swish else h
+
+
 @kernel("HardSigmoid", since=1)
 def HardSigmoid(x, alpha=0.2, beta=0.5):
     t = x.dtype.type
-    return np.clip(x * t(alpha) + t(beta), t(0), t(1))
+    if x.dtype in (np.float32, np.float64):
+        return _flat_jit(_hard_sigmoid_loop, x, t(alpha), t(beta), False)
+    return hard_sigmoid_numpy(x, alpha, beta, False)
 
 
 @kernel("HardSwish", since=14)
 def HardSwish(x):
     t = x.dtype.type
-    return x * np.clip(x * t(1 / 6) + t(0.5), t(0), t(1))
+    if x.dtype in (np.float32, np.float64):
+        return _flat_jit(_hard_sigmoid_loop, x, t(1 / 6), t(0.5), True)
+    return hard_sigmoid_numpy(x, 1 / 6, 0.5, True)
 
 
 @kernel("Softplus", since=1)
@@ -288,7 +318,25 @@ def Swish(x, alpha=1.0):
 # ---------------------------------------------------------------- clip and variadic
 
 
+@numba.njit(cache=True, nogil=True)
+def _clip_loop(x, lo, hi, out):  # pragma: no cover - compiled; NaN stays NaN, lo > hi gives hi
+    for i in range(x.size):
+        v = x[i]
+        if v < lo:
+            v = lo
+        if v > hi:
+            v = hi
+        out[i] = v
+
+
 def _clip(x, lo, hi):
+    if lo is not None and hi is not None and x.dtype in (np.float32, np.float64) and np.ndim(lo) == np.ndim(hi) == 0:
+        return _flat_jit(_clip_loop, x, x.dtype.type(lo), x.dtype.type(hi))
+    return clip_numpy(x, lo, hi)
+
+
+def clip_numpy(x, lo, hi):
+    """Plain numpy Clip, the reference of the Numba loop."""
     if lo is not None and hi is not None:
         return np.clip(x, lo, hi)  # one SIMD pass; values above both bounds end at hi as the spec says
     if lo is not None:

@@ -74,11 +74,14 @@ def _depthwise(xn, w, bias, pb, out, strides, dilations, y):
         xn, w = xn[:, None, :], w[:, :, None, :]
         pb, out, strides, dilations = [0, pb[0]], [1, out[0]], [1, strides[0]], [1, dilations[0]]
     (kh, kw), (sh, sw), (dh, dw) = w.shape[2:], strides, dilations
-    Hp = (out[0] - 1) * sh + (kh - 1) * dh + 1  # rows and columns past these are never read
-    Wq = -(-((out[1] - 1) * sw + (kw - 1) * dw + 1) // sw)
-    xq = J.pad_phases(np.ascontiguousarray(xn), pb[0], pb[1], Hp, sw, Wq)
+    Hq = out[0] + (kh - 1) * dh // sh + 1  # rows and columns past these are never read, but for a spare row
+    Wq = out[1] + (kw - 1) * dw // sw
+    if sh == sw == 1:  # numpy pads faster at unit stride
+        xq = P.pad_phases_np(xn, pb[0], pb[1], 1, 1, Hq, Wq)
+    else:
+        xq = J.pad_phases(np.ascontiguousarray(xn), pb[0], pb[1], sh, sw, Hq, Wq)
     b = np.zeros(M, y.dtype) if bias is None else np.ascontiguousarray(bias, dtype=y.dtype)
-    J.depthwise2d(xq, np.ascontiguousarray(w.reshape(M, kh, kw)), b, M // C, sh, sw, dh, dw, y.reshape(M, *out))
+    J.depthwise2d(xq, np.ascontiguousarray(w.reshape(M, kh, kw)), b, M // C, dh, dw, y.reshape(M, *out))
 
 
 def conv_core(x, w, group, pb, pe, out, strides, dilations, bias=None):
@@ -284,6 +287,10 @@ def BatchNormalization(X, scale, B, mean, var, *, epsilon=1e-5, momentum=0.9, tr
         rm = mean * momentum + cm * (1 - momentum)
         rv = var * momentum + cv * (1 - momentum)
         return y.astype(X.dtype), rm.astype(mean.dtype), rv.astype(var.dtype)
+    if X.dtype in (np.float32, np.float64) and X.ndim >= 2:
+        p = [np.ascontiguousarray(v, dtype=X.dtype) for v in (scale, B, mean, var)]
+        x3 = np.ascontiguousarray(X).reshape(X.shape[0], X.shape[1], -1)
+        return J.batchnorm(x3, *p, X.dtype.type(epsilon)).reshape(X.shape)
     a = (scale / np.sqrt(var.astype(np.float32) + np.float32(epsilon))).astype(X.dtype)
     b = (B - mean * a).astype(X.dtype)
     y = X * _ch(a, nd)
