@@ -242,8 +242,7 @@ class QuantizeStatic(Pass):
         """The tensors of ``node`` that get Q/DQ: its float activation inputs, and its output when quantized."""
         idx = ACTIVATION_INPUTS[node.op]
         ins = [t for i, t in enumerate(node.inputs) if (idx is None or i in idx) and t.name
-               and constant_value(t) is None and _is_float(t)
-               and not (node.op in WEIGHTED and i == 1)]
+               and constant_value(t) is None and _is_float(t)]
         return ins + (list(node.outputs[:1]) if scheme.quantize_outputs or node.op in SAME_SCALE else [])
 
     def _small_convolutions(self, model: Model, ctx: PassContext) -> str | None:
