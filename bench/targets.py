@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,10 +50,16 @@ def ort_int8(model: onnx.ModelProto, calib: dict[str, np.ndarray]) -> onnx.Model
     if max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
         model = onnx.version_converter.convert_version(model, 13)
     onnx.save(model, src)
-    quant_pre_process(src, pre, skip_symbolic_shape=True)
-    quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return onnx.load(dst)
+    cwd = os.getcwd()
+    os.chdir(d)  # onnxruntime's pre-processing writes temporary files into the working directory
+    try:
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return onnx.load(dst)
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def ours(target: str, model: onnx.ModelProto, calib) -> onnx.ModelProto:
