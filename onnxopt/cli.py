@@ -49,8 +49,14 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "prune_criterion": args.prune_criterion,
         "prune_exclude": args.prune_exclude or [],
         "sparsity": args.sparsity,
+        "prune_scope": args.prune_scope,
+        "prune_round_to": args.prune_round_to,
+        "prune_min_keep": args.prune_min_keep,
+        "prune_reconstruct": args.prune_reconstruct,
+        "int8_min_conv_macs": args.int8_min_conv_macs,
         "fp16": args.fp16,
     }
+    extra = {k: v for k, v in extra.items() if v is not None}  # unset flags leave the passes' own defaults
     options = OptimizeOptions(
         target=args.target, min_opset=args.opset, verify=not args.no_verify, rtol=args.rtol, atol=args.atol,
         min_cosine=args.min_cosine, allow_mismatch=args.allow_mismatch, inputs=args.inputs, debug=args.debug,
@@ -66,6 +72,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
           f"{status} ({report['seconds']:.2f} s)")
     for v in report.get("lint", []):
         print(f"lint: {v}")
+    if report.get("build_command"):
+        print(f"build: {report['build_command']}")
     return EXIT_OK
 
 
@@ -222,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prune", type=float, help="fraction of FLOPs to remove by channel pruning")
     o.add_argument("--prune-criterion", default="l1", help="l1, l2, bn, activation, reconstruction")
     o.add_argument("--prune-exclude", nargs="*", help="node names whose channels are never pruned")
+    o.add_argument("--prune-scope", default="layer", choices=["layer", "global"])
+    o.add_argument("--prune-round-to", type=int, default=8, help="kept channel counts are multiples of this")
+    o.add_argument("--prune-min-keep", type=float, default=0.25, help="never keep less than this fraction per layer")
+    o.add_argument("--prune-reconstruct", default="ls", choices=["ls", "bias", "none"],
+                   help="re-fit pruned layers from calibration data (least squares), only fold biases, or neither")
+    o.add_argument("--int8-min-conv-macs", type=float,
+                   help="keep a convolutional model float when its mean MACs per Conv is below this (default 1e6: "
+                        "measured, int8 is slower there); 0 always quantizes")
     o.add_argument("--sparsity", type=float, help="unstructured magnitude pruning: fraction of weights zeroed")
     o.add_argument("--fp16", action="store_true", help="convert what stays float to fp16 (tensorrt)")
     o.set_defaults(fn=cmd_optimize)

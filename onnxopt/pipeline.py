@@ -86,6 +86,9 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
     quant = quantization_report(proto, out, ctx, held)
     if quant is not None:
         report["quantization"] = quant
+    for key in ("prune_report", "sparsity_report"):
+        if key in ctx.cache:
+            report[key.replace("_report", "")] = ctx.cache[key]
     if options.verify and feeds is not None:
         report["verify"] = _verify(proto, out, feeds, options, lossy=manager_report.lossy_changes)
     return out, report
@@ -145,6 +148,12 @@ def optimize_file(src: str | Path, dst: str | Path, options: OptimizeOptions) ->
                                 f"nothing was written (see --report, or pass --allow-mismatch to write it anyway)")
     save_model(out, dst)
     report["input"], report["output"] = str(src), str(dst)
+    from onnxopt.targets import get_target
+
+    target = get_target(options.target)
+    command = target.build_command(str(dst))
+    if command:
+        report["build_command"] = command
     report["file_bytes_before"] = src.stat().st_size
     report["file_bytes_after"] = dst.stat().st_size
     return report

@@ -55,3 +55,7 @@ class Target:
 
     def lint(self, model: onnx.ModelProto) -> list[Violation]:
         return []
+
+    def build_command(self, model_path: str) -> str | None:
+        """The command that builds a deployable engine from the output, for targets that have one."""
+        return None

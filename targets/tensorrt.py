@@ -236,6 +236,9 @@ class TensorRT(Target):
     )
     no_calibration = NO_CALIBRATION
 
+    def build_command(self, model_path: str) -> str | None:
+        return trtexec_command(model_path)
+
     def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
         """The common recipe, with the quantize step limited to static Q/DQ (TensorRT imports no dynamic ops)."""
         from .recipe_quantize import QuantizeAuto
