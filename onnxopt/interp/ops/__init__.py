@@ -8,5 +8,6 @@ from onnxopt.interp.ops import (  # noqa: F401
     quant,
     reduce,
     resize,
+    rnn,
     tensor,
 )
