@@ -21,7 +21,8 @@ import numpy as np
 
 from onnxopt.errors import UserError
 
-__all__ = ["orientation_pages", "text_lines", "sentences", "tokenize", "load_vocab", "speech_frames"]
+__all__ = ["orientation_pages", "text_lines", "sentences", "tokenize", "load_vocab", "speech_frames", "speech_audio",
+           "vad_probabilities", "vad_stream"]
 
 _TEXT = (
     "The committee met on Tuesday to review the quarterly budget and the plans for the new library. "
@@ -277,34 +278,120 @@ def tokenize(sentences: list[str], vocab_path: str | Path | None = None, max_len
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
 
 
-def speech_frames(n_utterances: int = 4, seed: int = 0, sample_rate: int = 16000, frame: int = 512
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Speech from espeak-ng between silences, cut into frames for silero VAD: frames float32 [k, frame],
-    labels int64 [k] (1 where the frame lies in spoken audio above a low energy floor, 0 in silence)."""
+_VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+m3", "en-us+f2", "en-gb-scotland")
+_VAD_CONTEXT = {16000: 64, 8000: 32}  # samples silero's wrapper prepends to each chunk
+_VAD_CHUNK = {16000: 512, 8000: 256}
+
+
+def _espeak(exe: str, text: str, wav: Path, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """One utterance from espeak-ng (random voice, speed and pitch) resampled to ``sample_rate``, float32."""
+    voice = _VOICES[int(rng.integers(len(_VOICES)))]
+    cmd = [exe, "-v", voice, "-s", str(int(rng.integers(140, 190))), "-p", str(int(rng.integers(30, 70))),
+           "-w", str(wav), text]
+    subprocess.run(cmd, check=True, capture_output=True)
+    with wave.open(str(wav)) as f:
+        sr = f.getframerate()
+        pcm = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
+    t = np.arange(int(len(pcm) * sample_rate / sr)) * (sr / sample_rate)
+    return np.interp(t, np.arange(len(pcm)), pcm).astype(np.float32)
+
+
+def _speech_labels(clean: np.ndarray, frame: int, sample_rate: int, floor_db: float = -40.0,
+                   bridge_s: float = 0.25) -> np.ndarray:
+    """Frame labels from the clean signal: a frame is speech when its RMS is within ``floor_db`` of the loudest
+    frame; silences shorter than ``bridge_s`` between speech frames (pauses between words) count as speech,
+    as VAD annotations (and silero's own ``min_silence_duration_ms``) treat them."""
+    k = clean.size // frame
+    rms = np.sqrt((clean[:k * frame].reshape(k, frame).astype(np.float64) ** 2).mean(axis=1))
+    active = rms > rms.max() * 10 ** (floor_db / 20)
+    idx = np.flatnonzero(active)
+    longest = int(bridge_s * sample_rate / frame)
+    for a, b in zip(idx[:-1], idx[1:], strict=True):
+        if 1 < b - a <= longest + 1:
+            active[a:b] = True
+    return active.astype(np.int64)
+
+
+def speech_audio(n_utterances: int = 4, seed: int = 0, sample_rate: int = 16000, noise: float = 1e-3
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Speech from espeak-ng (``sentences(n_utterances, seed)``, varied voices) between 1-2.5 s silences, with
+    white noise of std ``noise``: (signal float32 [n], clean float32 [n]) at ``sample_rate``."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise UserError("speech_frames needs espeak-ng to synthesize speech; run: apt-get install espeak-ng")
     rng = np.random.default_rng(seed)
-    audio, label = [], []
+    parts = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-speech-") as tmp:
         for i, text in enumerate(sentences(n_utterances, seed)):
-            gap = np.zeros(int(sample_rate * rng.uniform(0.5, 1.5)), np.float32)
-            audio.append(gap)
-            label.append(np.zeros(gap.size, np.int64))
-            wav = Path(tmp) / f"{i}.wav"
-            subprocess.run([exe, "-w", str(wav), text], check=True, capture_output=True)
-            with wave.open(str(wav)) as f:
-                sr = f.getframerate()
-                pcm = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
-            t = np.arange(int(len(pcm) * sample_rate / sr)) * (sr / sample_rate)
-            speech = np.interp(t, np.arange(len(pcm)), pcm).astype(np.float32)
-            audio.append(speech)
-            label.append(np.ones(speech.size, np.int64))
-    signal = np.concatenate(audio)
-    signal += rng.normal(0, 1e-3, signal.size).astype(np.float32)
-    is_speech = np.concatenate(label)
+            parts.append(np.zeros(int(sample_rate * rng.uniform(1.0, 2.5)), np.float32))
+            parts.append(_espeak(exe, text, Path(tmp) / f"{i}.wav", rng, sample_rate))
+    parts.append(np.zeros(int(sample_rate * 0.5), np.float32))
+    clean = np.concatenate(parts)
+    return clean + rng.normal(0, noise, clean.size).astype(np.float32), clean
+
+
+def speech_frames(n_utterances: int = 4, seed: int = 0, sample_rate: int = 16000, frame: int = 512
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Speech from espeak-ng between silences, cut into consecutive chunks for silero VAD: frames float32
+    [k, frame] (one stream: run them in order through :func:`vad_probabilities`, which carries the state and the
+    context), labels int64 [k] (1: speech).
+
+    Ground truth is energy-based on the clean signal (before the noise is added), see :func:`_speech_labels`:
+    within 40 dB of the loudest frame, with pauses up to 0.25 s between words bridged.
+    """
+    signal, clean = speech_audio(n_utterances, seed, sample_rate)
     k = signal.size // frame
-    frames = signal[:k * frame].reshape(k, frame)
-    energy = np.sqrt((frames ** 2).mean(axis=1))
-    labels = ((is_speech[:k * frame].reshape(k, frame).mean(axis=1) > 0.5) & (energy > 0.01)).astype(np.int64)
-    return frames, labels
+    return signal[:k * frame].reshape(k, frame), _speech_labels(clean, frame, sample_rate)
+
+
+def _vad_runner(model: Any) -> tuple[Any, list[str]]:
+    """(run(feeds) -> [output, state], input names) for a path, ModelProto, onnxruntime session or Interpreter."""
+    if isinstance(model, (str, Path, bytes)) or hasattr(model, "SerializeToString"):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+        model = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    if hasattr(model, "get_outputs"):  # onnxruntime
+        outs = [o.name for o in model.get_outputs()]
+        return (lambda f: model.run(outs, f)), [i.name for i in model.get_inputs()]
+    outs = list(model.output_names)  # onnxopt Interpreter
+    return (lambda f: [model.run(f)[o] for o in outs]), [s.name for s in model.input_specs()]
+
+
+def vad_stream(model: Any, audio: np.ndarray, sample_rate: int = 16000) -> tuple[np.ndarray, list[dict]]:
+    """Run silero VAD the way its wrapper (``silero_vad.utils_vad.OnnxWrapper``) does: consecutive chunks of 512
+    samples (256 at 8 kHz), each with the last 64 (32) samples of the previous chunk prepended (zeros first) and
+    the ``state`` carried from chunk to chunk. ``audio`` is 1-D or frames [k, chunk] of one stream.
+
+    Returns (speech probabilities float32 [k], the feed dict given at each chunk), the feeds being what
+    calibration needs (the state is the one this model produced at that point).
+    """
+    if sample_rate not in _VAD_CHUNK:
+        raise UserError(f"silero VAD runs at 8000 or 16000 Hz, not {sample_rate}; resample the audio first")
+    chunk, ctx = _VAD_CHUNK[sample_rate], _VAD_CONTEXT[sample_rate]
+    audio = np.asarray(audio, np.float32).reshape(-1)
+    k = audio.size // chunk
+    if k == 0:
+        raise UserError(f"vad needs at least {chunk} samples at {sample_rate} Hz, got {audio.size}")
+    run, names = _vad_runner(model)
+    missing = {"input", "state", "sr"} - set(names)
+    if missing:
+        raise UserError(f"model inputs {names} lack {sorted(missing)}: this is not a silero VAD model")
+    state = np.zeros((2, 1, 128), np.float32)
+    context = np.zeros(ctx, np.float32)
+    probs, feeds = np.empty(k, np.float32), []
+    sr = np.array(sample_rate, np.int64)
+    for i in range(k):
+        x = audio[i * chunk:(i + 1) * chunk]
+        feed = {"input": np.concatenate([context, x])[None], "state": state, "sr": sr}
+        out, state = run(feed)
+        feeds.append(feed)
+        probs[i] = float(np.asarray(out).reshape(-1)[0])
+        context = x[-ctx:]
+    return probs, feeds
+
+
+def vad_probabilities(model: Any, audio: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
+    """Speech probability per chunk of ``audio`` (see :func:`vad_stream`), float32 [k]."""
+    return vad_stream(model, audio, sample_rate)[0]

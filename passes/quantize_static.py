@@ -427,6 +427,7 @@ class QuantizeStatic(Pass):
         goes, as onnxruntime's quantizer does; graph outputs keep theirs."""
         qmin = scheme.activations.qrange[0]
         groups: _Groups = plan["groups"]
+        node_ids = {id(n) for n in graph.nodes}
         for node in plan["qnodes"]:
             if node.op not in FUSED_ACTIVATIONS or not node.outputs:
                 continue
@@ -434,6 +435,8 @@ class QuantizeStatic(Pass):
             if src.name not in groups.defer or out.name not in act or act[out.name][1] != qmin:
                 continue
             if any(o is out for o in graph.outputs):
+                continue
+            if any(id(c) not in node_ids for c in out.outputs):  # read inside a subgraph: no Q/DQ reaches it there
                 continue
             if node.op == "Clip":
                 lo = constant_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name else None

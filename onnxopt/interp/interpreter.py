@@ -4,15 +4,14 @@ Construction compiles each graph (the main graph and every If/Loop/Scan body) in
 (initializers and Constant nodes, evaluated once), then one step per node holding the kernel function, its
 decoded attributes, input and output names, and the names to free after it ran (reference counting over
 the node list; a subgraph that reads an outer-scope tensor counts as a use by the node that owns it).
+``InputSpec`` and the checks ``run`` applies to its feeds live in ``onnxopt.interp.feeds``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -21,23 +20,12 @@ from onnx import helper, numpy_helper
 from onnxopt.errors import UserError
 from onnxopt.interp import ops  # noqa: F401  (registers every kernel)
 from onnxopt.interp.attributes import decode_attributes
+from onnxopt.interp.feeds import InputSpec, spec_of, validate_feeds
 from onnxopt.interp.registry import KernelContext, lookup
 
 log = logging.getLogger(__name__)
 
 Callback = Callable[[str, np.ndarray], None]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A graph input the caller must feed: name, numpy dtype (None if not a tensor) and shape.
-
-    A dimension is an int (static), a str (symbolic) or None (unknown); ``shape`` is None for unknown rank.
-    """
-
-    name: str
-    dtype: np.dtype | None
-    shape: tuple[int | str | None, ...] | None
 
 
 class _Step:
@@ -142,7 +130,7 @@ class Interpreter:
         graph = model.graph
         self._plan = self._compile(graph, self.opsets, is_main=True)
         inits = set(self._plan.constants)
-        self._specs = [self._spec(i) for i in graph.input if i.name not in inits]
+        self._specs = [spec_of(i) for i in graph.input if i.name not in inits]
         self._optional_inputs = {i.name for i in graph.input if i.name in inits}
 
     # ------------------------------------------------------------------ construction
@@ -280,19 +268,6 @@ class Interpreter:
         plan.outer = tuple(sorted(free_names(graph)))
         return plan
 
-    def _spec(self, vi: onnx.ValueInfoProto) -> InputSpec:
-        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
-        if tt is None:
-            return InputSpec(vi.name, None, None)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else None
-        shape = None
-        if tt.HasField("shape"):
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
-                for d in tt.shape.dim
-            )
-        return InputSpec(vi.name, dtype, shape)
-
     # ------------------------------------------------------------------ public API
 
     def input_specs(self) -> list[InputSpec]:
@@ -302,37 +277,6 @@ class Interpreter:
     @property
     def output_names(self) -> list[str]:
         return list(self._plan.outputs)
-
-    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        specs = {s.name: s for s in self._specs}
-        out: dict[str, np.ndarray] = {}
-        for name, value in feeds.items():
-            if name not in specs and name not in self._optional_inputs:
-                expected = ", ".join(specs) or "none"
-                raise UserError(f"feed {name!r} is not an input of the model; expected inputs: {expected}")
-            out[name] = value if isinstance(value, np.ndarray) else np.asarray(value)
-        for name, spec in specs.items():
-            if name not in out:
-                raise UserError(
-                    f"input {name!r} is missing from the feeds (expected {spec.dtype} of shape "
-                    f"{list(spec.shape) if spec.shape is not None else 'any'}); given: {sorted(feeds)}"
-                )
-            arr = out[name]
-            if spec.dtype is not None and arr.dtype != spec.dtype:
-                raise UserError(f"input {name!r} expects dtype {spec.dtype}, given {arr.dtype}; cast the feed")
-            if spec.shape is not None:
-                if arr.ndim != len(spec.shape):
-                    raise UserError(
-                        f"input {name!r} expects rank {len(spec.shape)} (shape {list(spec.shape)}), given shape "
-                        f"{list(arr.shape)}"
-                    )
-                for axis, (want, got) in enumerate(zip(spec.shape, arr.shape, strict=False)):
-                    if isinstance(want, int) and want > 0 and want != got:
-                        raise UserError(
-                            f"input {name!r} expects shape {list(spec.shape)}, given {list(arr.shape)} "
-                            f"(dimension {axis} is {got}, expected {want})"
-                        )
-        return out
 
     def run(
         self,
@@ -346,7 +290,7 @@ class Interpreter:
         the feeds). ``callback(name, value)`` is called as each captured tensor is produced; inside Loop/Scan
         bodies once per iteration.
         """
-        feeds = self._validate(feeds)
+        feeds = validate_feeds(feeds, self._specs, self._optional_inputs)
         results: dict[str, np.ndarray] = {}
         sink = None
         if capture is not None:
