@@ -66,7 +66,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if args.report:
         _write_json(args.report, report)
     verdict = report.get("verify")
-    status = "" if not verdict else (" outputs verified" if verdict["ok"] else " OUTPUTS MOVED (allowed)")
+    status = ("" if not verdict else " not verified (see the warning)" if verdict["ok"] is None
+              else " outputs verified" if verdict["ok"] else " OUTPUTS MOVED (allowed)")
     print(f"{args.output}: {report['nodes_before']} -> {report['nodes_after']} nodes, "
           f"{report['file_bytes_before']:,} -> {report['file_bytes_after']:,} bytes, target {report['target']},"
           f"{status} ({report['seconds']:.2f} s)")

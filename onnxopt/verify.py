@@ -68,7 +68,7 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # failures surface as exceptions; no raw runtime log on the console
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = ["CPUExecutionProvider"]
