@@ -32,12 +32,14 @@ constant; a non-float tensor; an op whose tensors calibration never saw (a branc
 whose input is not quantized (weight kept float); per-channel weights below opset 13 (quantized per tensor
 instead); a bias that is not a 1-D constant of the output-channel count, or a Gemm with alpha/beta != 1 (bias
 kept float).
+
+The scale/zero-point arithmetic and the Q/DQ, weight and bias nodes themselves are written by ``passes/_qdq.py``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,8 +49,10 @@ import onnx_graphsurgeon as gs
 from onnxopt.analysis.quant_regions import DEFAULT_CONCAT_FACTOR, float_regions, wide_range_concats
 from onnxopt.ir import Model, constant_value, iter_graphs, producer
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
-from onnxopt.quant_scheme import QuantScheme, TensorQuant
+from onnxopt.quant_scheme import QuantScheme
 
+from ._qdq import WEIGHTED, QDQWriter, _is_float, _Names, activation_params
+from ._qdq import weight_params as weight_params  # re-exported: imported from here by quantize_dynamic and tests
 from .calibrate_activations import activation_ranges
 
 log = logging.getLogger(__name__)
@@ -60,12 +64,9 @@ ACTIVATION_INPUTS: dict[str, tuple[int, ...] | None] = {
     "Relu": (0,), "Clip": (0,), "Resize": (0,), "Sigmoid": (0,), "HardSigmoid": (0,), "HardSwish": (0,),
     "LeakyRelu": (0,), "Softmax": (0,), "LayerNormalization": (0,), "Erf": (0,), "Gelu": (0,), "Tanh": (0,),
 }
-# (weight input index, per-channel axis); Gemm's axis depends on transB, MatMul's on the weight's rank
-WEIGHTED = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, None), "MatMul": (1, None)}
 PASS_THROUGH = {"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather"}
 SAME_SCALE = {"MaxPool", "GlobalMaxPool"}  # quantized ops whose output must keep the input's scale
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
-_FLOAT = {np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64)}
 PARAMS_KEY = "quant_params"
 DEFAULT_MIN_MACS = 0  # per Conv: none by default (measured: per-op limits did not speed up PP-LCNet nets)
 # per model, mean MACs per Conv: measured (bench, onnxruntime 1.32, 1 thread) ppocr_cls 3.1e5 -> int8 1.5x slower
@@ -118,21 +119,6 @@ def shapes_at(model: Model, data: Any) -> dict[str, list[Any]]:
     return out
 
 
-class _Names:
-    def __init__(self, graph: gs.Graph):
-        self.used: set[str] = set()
-        for g in iter_graphs(graph):
-            self.used.update(g.tensors().keys())
-            self.used.update(n.name for n in g.nodes if n.name)
-
-    def __call__(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.used:
-            name, i = f"{base}_{i}", i + 1
-        self.used.add(name)
-        return name
-
-
 class _Groups:
     """Union-find over tensor names; a member marked ``defer`` takes the group's range, gives none."""
 
@@ -153,52 +139,6 @@ class _Groups:
             self.parent[rb] = ra
 
 
-def _is_float(t: gs.Tensor) -> bool:
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values).dtype in _FLOAT
-    return t.dtype is None or np.dtype(t.dtype) in _FLOAT
-
-
-def activation_params(lo: float, hi: float, q: TensorQuant) -> tuple[float, int]:
-    """(scale, zero point) of a per-tensor activation range, always including 0."""
-    qmin, qmax = q.qrange
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if q.symmetric:
-        bound = max(abs(lo), abs(hi))
-        qabs = min(abs(qmin), qmax) if qmin < 0 else qmax
-        scale = bound / qabs if bound > 0 else 1.0
-        zp = 0 if qmin < 0 else (qmin + qmax + 1) // 2
-        return float(np.float32(scale)), int(zp)
-    scale = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
-    scale = float(np.float32(scale))
-    zp = int(np.clip(round(qmin - lo / scale), qmin, qmax))
-    return scale, zp
-
-
-def weight_params(w: np.ndarray, q: TensorQuant, axis: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(quantized weight, scale, zero point); per tensor when ``axis`` is None."""
-    qmin, qmax = q.qrange
-    if q.symmetric and qmin < 0:
-        qmin = -qmax  # symmetric weights use [-127, 127] so that 0 and the scale are exact
-    w = np.asarray(w, dtype=np.float32)
-    red = tuple(i for i in range(w.ndim) if i != axis) if axis is not None else None
-    if q.symmetric:
-        absmax = np.max(np.abs(w), axis=red) if w.size else np.zeros(())
-        scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
-        zp = np.zeros(scale.shape, dtype=q.np_dtype)
-    else:
-        lo = np.minimum(np.min(w, axis=red), 0.0)
-        hi = np.maximum(np.max(w, axis=red), 0.0)
-        scale = np.where(hi > lo, (hi - lo) / (qmax - qmin), 1.0).astype(np.float32)
-        zp = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(q.np_dtype)
-    scale, zp = np.asarray(scale, dtype=np.float32), np.asarray(zp, dtype=q.np_dtype)
-    shape = [1] * w.ndim
-    if axis is not None:
-        shape[axis] = -1
-    qw = np.clip(np.round(w / scale.reshape(shape)) + zp.reshape(shape).astype(np.float32), qmin, qmax)
-    return qw.astype(q.np_dtype), scale, zp
-
-
 @register_pass
 class QuantizeStatic(Pass):
     """Insert QuantizeLinear/DequantizeLinear per the scheme, from calibrated ranges (int8 weights, int32 bias)."""
@@ -210,7 +150,6 @@ class QuantizeStatic(Pass):
         if ctx.calibration is None:
             ctx.decline(self.name, "model", "no calibration data (pass --calib data.npz)")
             return PassResult(False)
-        self._dq_params: dict[int, tuple[Any, Any]] = {}
         self._shapes = shapes_at(model, ctx.calibration)
         small = self._small_convolutions(model, ctx)
         if small:
@@ -228,12 +167,12 @@ class QuantizeStatic(Pass):
         factor = float(ctx.option("concat_range_factor", DEFAULT_CONCAT_FACTOR))
         for g in graphs:
             extra_float.update(wide_range_concats(g, ranges, factor))
-        namer = _Names(model.graph)
         stats: dict[str, int] = {}
         params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
+        writer = QDQWriter(ctx, self.name, _Names(model.graph), stats, params, model.opset)
         for g in graphs:
             plan = self._plan(g, scheme, ctx, extra_float, record=True, ranges=ranges)
-            self._apply(g, plan, ranges, scheme, ctx, namer, stats, params, model.opset)
+            self._apply(g, plan, ranges, scheme, ctx, writer)
             g.cleanup(remove_unused_graph_inputs=False, remove_unused_node_outputs=False).toposort()
         return PassResult(bool(stats), stats)
 
@@ -390,8 +329,8 @@ class QuantizeStatic(Pass):
     # ------------------------------------------------------------------ rewriting
 
     def _apply(self, graph: gs.Graph, plan: dict[str, Any], ranges: dict[str, tuple[float, float]],
-               scheme: QuantScheme, ctx: PassContext, namer: _Names, stats: dict[str, int],
-               params: dict[str, dict[str, Any]], opset: int) -> None:
+               scheme: QuantScheme, ctx: PassContext, writer: QDQWriter) -> None:
+        stats, params = writer.stats, writer.params
         groups: _Groups = plan["groups"]
         tensors: dict[str, gs.Tensor] = plan["tensors"]
         span: dict[str, list[float]] = {}
@@ -413,12 +352,12 @@ class QuantizeStatic(Pass):
         self._drop_fused_activations(graph, plan, act, scheme, stats)
         node_ids = {id(n) for n in graph.nodes}
         for name, (scale, zp) in act.items():
-            self._insert_qdq(graph, tensors[name], scale, zp, scheme.activations, namer, node_ids)
+            writer.activation(graph, tensors[name], scale, zp, scheme.activations, node_ids)
             stats["activations"] = stats.get("activations", 0) + 1
         weight_cache: dict[tuple[str, int | None], gs.Variable] = {}
         for node in plan["qnodes"]:
             if node.op in WEIGHTED:
-                self._quantize_weights(graph, node, act, scheme, ctx, namer, stats, params, opset, weight_cache)
+                writer.weights(graph, node, scheme, weight_cache)
 
     def _drop_fused_activations(self, graph: gs.Graph, plan: dict[str, Any], act: dict[str, tuple[float, int]],
                                 scheme: QuantScheme, stats: dict[str, int]) -> None:
@@ -451,116 +390,3 @@ class QuantizeStatic(Pass):
             node.inputs.clear()
             node.outputs.clear()
             stats["activations_folded"] = stats.get("activations_folded", 0) + 1
-
-    def _insert_qdq(self, graph: gs.Graph, t: gs.Tensor, scale: float, zp: int, q: TensorQuant, namer: _Names,
-                    node_ids: set[int]) -> None:
-        base = t.name
-        s = gs.Constant(namer(f"{base}_scale"), np.array(scale, dtype=np.float32))
-        z = gs.Constant(namer(f"{base}_zero_point"), np.array(zp, dtype=q.np_dtype))
-        users = [n for n in t.outputs if id(n) in node_ids]
-        out_idx = [i for i, o in enumerate(graph.outputs) if o is t]
-        src = t
-        if out_idx:  # the DequantizeLinear output takes the graph output's name
-            t.name = namer(f"{base}_float")
-            deq = gs.Variable(base, dtype=np.float32, shape=t.shape)
-            for i in out_idx:
-                graph.outputs[i] = deq
-        else:
-            deq = gs.Variable(namer(f"{base}_dequantized"), dtype=np.float32, shape=t.shape)
-        qt = gs.Variable(namer(f"{base}_quantized"), dtype=q.np_dtype, shape=t.shape)
-        graph.nodes.append(gs.Node("QuantizeLinear", namer(f"{base}_QuantizeLinear"), inputs=[src, s, z], outputs=[qt]))
-        graph.nodes.append(gs.Node("DequantizeLinear", namer(f"{base}_DequantizeLinear"), inputs=[qt, s, z],
-                                   outputs=[deq]))
-        self._dq_params[id(deq)] = (scale, zp)
-        for n in users:
-            for i, inp in enumerate(n.inputs):
-                if inp is src:
-                    n.inputs[i] = deq
-
-    def _quantize_weights(self, graph: gs.Graph, node: gs.Node, act: dict[str, tuple[float, int]],
-                          scheme: QuantScheme, ctx: PassContext, namer: _Names, stats: dict[str, int],
-                          params: dict[str, dict[str, Any]], opset: int,
-                          cache: dict[tuple[str, int | None], gs.Variable]) -> None:
-        where = f"{node.op} '{node.name}'"
-        w_t = node.inputs[1]
-        w = constant_value(w_t)
-        if w is None or np.asarray(w).dtype not in _FLOAT:
-            return  # MatMul of two activations: both already have Q/DQ
-        if id(node.inputs[0]) not in self._dq_params:
-            ctx.decline(self.name, where, "its input was not quantized (no calibration range): weight kept float")
-            return
-        w = np.asarray(w, dtype=np.float32)
-        axis = WEIGHTED[node.op][1]
-        if node.op == "Gemm":
-            if node.attrs.get("transA", 0) or w.ndim != 2:
-                ctx.decline(self.name, where, "Gemm with transA or a non-2-D weight: weight kept float")
-                return
-            axis = 0 if node.attrs.get("transB", 0) else 1
-        elif node.op == "MatMul":
-            axis = w.ndim - 1 if w.ndim >= 2 else None
-        if axis is not None and not scheme.weights.per_channel:
-            axis = None
-        if axis is not None and opset < 13:
-            ctx.decline(self.name, where, f"per-channel weights need opset 13 (the model has {opset}); "
-                        "quantized per tensor - upgrade the opset first")
-            axis = None
-        key = (w_t.name, axis)
-        if key not in cache:
-            qw, scale, zp = weight_params(w, scheme.weights, axis)
-            base = w_t.name or namer("weight")
-            attrs = {"axis": axis} if axis is not None else {}
-            deq = gs.Variable(namer(f"{base}_dequantized"), dtype=np.float32, shape=list(w.shape))
-            graph.nodes.append(gs.Node(
-                "DequantizeLinear", namer(f"{base}_DequantizeLinear"), attrs=attrs,
-                inputs=[gs.Constant(namer(f"{base}_quantized"), qw), gs.Constant(namer(f"{base}_scale"), scale),
-                        gs.Constant(namer(f"{base}_zero_point"), zp)], outputs=[deq]))
-            self._dq_params[id(deq)] = (scale, axis)
-            cache[key] = deq
-            params[w_t.name] = {"kind": "weight", "axis": axis, "channels": int(scale.size),
-                                "scale_min": float(scale.min()), "scale_max": float(scale.max()),
-                                "min": float(w.min()) if w.size else 0.0, "max": float(w.max()) if w.size else 0.0,
-                                "dtype": scheme.weights.dtype}
-            stats["weights"] = stats.get("weights", 0) + 1
-        deq = cache[key]
-        node.inputs[1] = deq
-        if node.op in ("Conv", "ConvTranspose", "Gemm") and len(node.inputs) > 2 and scheme.bias_int32:
-            self._quantize_bias(graph, node, act, deq, w.shape, ctx, namer, stats, opset)
-
-    def _quantize_bias(self, graph: gs.Graph, node: gs.Node, act: dict[str, tuple[float, int]], wdeq: gs.Variable,
-                       wshape: Iterable[int], ctx: PassContext, namer: _Names, stats: dict[str, int],
-                       opset: int) -> None:
-        where = f"{node.op} '{node.name}'"
-        b_t = node.inputs[2]
-        b = constant_value(b_t)
-        x_params = self._dq_params.get(id(node.inputs[0]))
-        if b is None or b_t.name == "" or x_params is None:
-            ctx.decline(self.name, where, "bias is not a constant or the input is not quantized: bias kept float")
-            return
-        if node.op == "Gemm" and (node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0):
-            ctx.decline(self.name, where, "Gemm with alpha/beta != 1: bias kept float")
-            return
-        w_scale, axis = self._dq_params[id(wdeq)]
-        b = np.asarray(b, dtype=np.float64)
-        wshape = list(wshape)
-        n_out = wshape[0] if node.op == "Conv" else (wshape[1] * int(node.attrs.get("group", 1))
-                                                   if node.op == "ConvTranspose" else b.shape[-1] if b.ndim else 0)
-        if b.ndim != 1 or b.shape[0] != n_out:
-            ctx.decline(self.name, where, "bias is not a 1-D constant of the output-channel count: bias kept float")
-            return
-        ws = np.asarray(w_scale, dtype=np.float64)
-        if node.op == "ConvTranspose" and ws.size > 1:
-            ws = np.tile(ws, int(node.attrs.get("group", 1)))
-        scale = np.asarray(x_params[0] * ws, dtype=np.float32)
-        if scale.size > 1 and opset < 13:
-            return
-        safe = np.where(scale > 0, scale, 1.0).astype(np.float64)
-        qb = np.clip(np.round(b / safe), -(2**31), 2**31 - 1).astype(np.int32)
-        attrs = {"axis": 0} if scale.size > 1 else {}
-        deq = gs.Variable(namer(f"{b_t.name}_dequantized"), dtype=np.float32, shape=[n_out])
-        graph.nodes.append(gs.Node(
-            "DequantizeLinear", namer(f"{b_t.name}_DequantizeLinear"), attrs=attrs,
-            inputs=[gs.Constant(namer(f"{b_t.name}_quantized"), qb), gs.Constant(namer(f"{b_t.name}_scale"), scale),
-                    gs.Constant(namer(f"{b_t.name}_zero_point"), np.zeros(scale.shape, dtype=np.int32))],
-            outputs=[deq]))
-        node.inputs[2] = deq
-        stats["biases"] = stats.get("biases", 0) + 1

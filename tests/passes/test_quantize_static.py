@@ -305,3 +305,34 @@ def test_ppocr_cls_constant_node_weights_opset11():
     out, ctx = quantize(m, feeds[:2], int8_min_conv_macs=1e6)
     assert "QuantizeLinear" not in op_types(out)
     assert any("too small for int8" in d.reason for d in ctx.declines)
+
+
+def test_relu_read_inside_an_if_branch_is_kept():
+    # Conv -> Relu -> r; r read by a main-graph Conv and by a Sigmoid inside the If's then-branch. The Relu may not
+    # be folded into the Conv's QuantizeLinear: the branch reads r itself, where no Q/DQ reaches.
+    then_g = h.make_graph([h.make_node("Sigmoid", ["r"], ["t_y"], name="then_sig")], "then", [],
+                          [h.make_tensor_value_info("t_y", T.FLOAT, [1, 4, 4, 4])])
+    else_g = h.make_graph([h.make_node("Neg", ["r"], ["e_y"], name="else_neg")], "else", [],
+                          [h.make_tensor_value_info("e_y", T.FLOAT, [1, 4, 4, 4])])
+    nodes = [h.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             h.make_node("Relu", ["c"], ["r"], name="relu"),
+             h.make_node("Conv", ["r", "w2"], ["y"], name="conv2"),
+             h.make_node("If", ["cond"], ["z"], name="if", then_branch=then_g, else_branch=else_g)]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 4, 4]),
+                                  h.make_tensor_value_info("cond", T.BOOL, [])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 2, 4, 4]),
+                      h.make_tensor_value_info("z", T.FLOAT, [1, 4, 4, 4])],
+                     [nh.from_array(f32(4, 3, 1, 1), "w"), nh.from_array(f32(4), "b"),
+                      nh.from_array(f32(2, 4, 1, 1), "w2")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+    calib = [{"x": f32(1, 3, 4, 4), "cond": np.array(i % 2 == 0)} for i in range(4)]
+    out, ctx = quantize(m, calib, canon=False)
+    top = op_types(out, recurse=False)
+    assert "Relu" in top and "QuantizeLinear" in top
+    assert _scale_of(out, "c")[1] == 0  # the Conv output still takes the Relu's range: zero point at the minimum
+    for cond in (True, False):
+        feeds = {"x": f32(1, 3, 4, 4), "cond": np.array(cond)}
+        ref, got = run_model(m, feeds), run_model(out, feeds)
+        assert np.min(got["z"] if cond else -got["z"]) >= 0  # the branch reads the Relu's output, never below 0
+        assert compare_arrays("z", ref["z"], got["z"]).cosine > 0.999
+        assert compare_arrays("y", ref["y"], got["y"]).cosine > 0.99
