@@ -103,15 +103,15 @@ class QDQWriter:
         self.dq: dict[int, tuple[Any, Any]] = {}
 
     def activation(self, graph: gs.Graph, t: gs.Tensor, scale: float, zp: int, q: TensorQuant,
-                   node_ids: set[int]) -> None:
+                   node_ids: set[int], as_output: bool = True) -> None:
         """QuantizeLinear -> DequantizeLinear on ``t``; its readers in ``node_ids`` read the DequantizeLinear, which
-        takes ``t``'s name when ``t`` is a graph output."""
+        takes ``t``'s name when ``t`` is a graph output and ``as_output`` (else the graph output stays ``t``)."""
         namer = self.namer
         base = t.name
         s = gs.Constant(namer(f"{base}_scale"), np.array(scale, dtype=np.float32))
         z = gs.Constant(namer(f"{base}_zero_point"), np.array(zp, dtype=q.np_dtype))
         users = [n for n in t.outputs if id(n) in node_ids]
-        out_idx = [i for i, o in enumerate(graph.outputs) if o is t]
+        out_idx = [i for i, o in enumerate(graph.outputs) if o is t] if as_output else []
         src = t
         if out_idx:  # the DequantizeLinear output takes the graph output's name
             t.name = namer(f"{base}_float")

@@ -20,7 +20,8 @@ Rewrites (every graph, If/Loop/Scan bodies included):
 Which ops: ``scheme.op_types`` minus ``options["exclude_ops"]``/``scheme.exclude_nodes``/
 ``options["exclude_nodes"]`` minus what ``onnxopt.analysis.quant_regions`` keeps float (normalizations
 as elementary ops, GELU around Erf, ``scheme.keep_float`` unless ``op_types`` lists it, Concats of very
-different ranges, by ``options["concat_range_factor"]``, default 16).
+different ranges, by ``options["concat_range_factor"]``, default 16, a recurrent state's path from graph
+input to graph output: that output stays float, its quantized readers read a Q/DQ copy).
 
 Declines (each logged in ctx.declines): no calibration data (whole model); a model whose convolutions are
 too small for int8 to pay off (whole model: mean MACs per Conv at the calibration sizes below
@@ -32,8 +33,6 @@ constant; a non-float tensor; an op whose tensors calibration never saw (a branc
 whose input is not quantized (weight kept float); per-channel weights below opset 13 (quantized per tensor
 instead); a bias that is not a 1-D constant of the output-channel count, or a Gemm with alpha/beta != 1 (bias
 kept float).
-
-The scale/zero-point arithmetic and the Q/DQ, weight and bias nodes themselves are written by ``passes/_qdq.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +45,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.analysis.quant_regions import DEFAULT_CONCAT_FACTOR, float_regions, wide_range_concats
+from onnxopt.analysis.quant_regions import (
+    DEFAULT_CONCAT_FACTOR,
+    float_regions,
+    recurrent_state_regions,
+    wide_range_concats,
+)
 from onnxopt.ir import Model, constant_value, iter_graphs, producer
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 from onnxopt.quant_scheme import QuantScheme
@@ -158,7 +162,8 @@ class QuantizeStatic(Pass):
             log.warning("not quantizing: %s", small)
             return PassResult(False)
         graphs = list(iter_graphs(model.graph))
-        extra_float: dict[int, str] = {}
+        self._state = recurrent_state_regions(model.graph)  # whole model, subgraphs included
+        extra_float: dict[int, str] = dict(self._state)
         plans = [self._plan(g, scheme, ctx, extra_float, record=False) for g in graphs]
         known = {t.name for t in model.graph.inputs} | {o.name for g in graphs for n in g.nodes for o in n.outputs}
         concat_inputs = {t.name for g in graphs for n in g.nodes if n.op == "Concat" for t in n.inputs}
@@ -351,8 +356,10 @@ class QuantizeStatic(Pass):
                             "scale": act[name][0], "zero_point": act[name][1], "dtype": scheme.activations.dtype}
         self._drop_fused_activations(graph, plan, act, scheme, stats)
         node_ids = {id(n) for n in graph.nodes}
+        # a recurrent state leaves the graph float; only its quantized readers read the Q/DQ copy
+        state_outs = {t.name for t in graph.outputs if (p := producer(t)) is not None and id(p) in self._state}
         for name, (scale, zp) in act.items():
-            writer.activation(graph, tensors[name], scale, zp, scheme.activations, node_ids)
+            writer.activation(graph, tensors[name], scale, zp, scheme.activations, node_ids, name not in state_outs)
             stats["activations"] = stats.get("activations", 0) + 1
         weight_cache: dict[tuple[str, int | None], gs.Variable] = {}
         for node in plan["qnodes"]:

@@ -16,19 +16,31 @@ they touch) in float:
 - **concatenations of very different ranges** (detector heads: boxes 0..320 next to probabilities 0..1):
   ``wide_range_concats`` measures each Concat's input ranges from calibration and keeps it float when the
   largest input range exceeds the smallest by more than ``factor`` (default 16: one shared 8-bit scale
-  would leave the narrowest input fewer than 256 / 16 = 16 levels).
+  would leave the narrowest input fewer than 256 / 16 = 16 levels);
+- **recurrent state carried between calls** (``recurrent_state_regions``, whole model, If branches included): a
+  streaming model written out as elementary ops (an LSTM as Gemm/MatMul, Sigmoid, Tanh, Mul, Add) returns its
+  state as a graph output that the caller feeds back as a graph input on the next call; int8 error on that path
+  compounds call after call (silero VAD If-less: frame accuracy 0.978 -> 0.808). Matched structurally, never by
+  name: a main-graph output O and a main-graph input I of the same floating-point dtype and the same fully known
+  shape (every dim an int or the same symbolic name), in a graph with at least two inputs and two outputs, where O
+  is computed from I and also from another graph input (the call's data enters the cell); when several inputs
+  qualify for one O, the one with the fewest nodes between it and O. Every node on a path from I to O (read
+  forwards from I and backwards from O, through If branches: an If output is its branches' outputs) stays float;
+  Loop/Scan bodies are not entered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, producer
+from onnxopt.ir import constant_value, iter_graphs, producer
 
 NORMALIZATION = "normalization written as elementary ops (its intermediates collapse at 8 bits)"
 GELU = "GELU written out around Erf (kept float like Erf)"
+RECURRENT_STATE = "on the recurrent state path '{src}' -> '{dst}' (carried between calls: 8-bit error compounds)"
 WIDE_CONCAT = "Concat of inputs whose ranges differ by more than a factor {factor:g} (measured {ratio:.3g})"
 _NORM_OPS = {"ReduceMean", "Sub", "Pow", "Mul", "Add", "Sqrt", "Div", "Reciprocal", "Cast"}
 _DEPTH = 8
@@ -162,4 +174,96 @@ def wide_range_concats(graph: gs.Graph, ranges: Mapping[str, tuple[float, float]
         ratio = max(widths) / min(widths)
         if ratio > factor:
             found[id(node)] = WIDE_CONCAT.format(factor=factor, ratio=ratio)
+    return found
+
+
+def _same_state_type(a: gs.Tensor, b: gs.Tensor) -> bool:
+    """Same floating-point dtype and the same fully known shape (ints equal, symbolic dims of the same name)."""
+    try:
+        da, db = np.dtype(a.dtype), np.dtype(b.dtype)
+    except TypeError:
+        return False
+    if a.dtype is None or da != db or da.kind != "f" or not a.shape or b.shape is None:
+        return False
+    return len(a.shape) == len(b.shape) and all(x is not None and x == y for x, y in zip(a.shape, b.shape, strict=True))
+
+
+def _if_links(graph: gs.Graph) -> tuple[dict[int, list[gs.Tensor]], dict[int, list[gs.Tensor]]]:
+    """(id(If output) -> its branches' outputs, id(branch output) -> the If outputs it becomes), every graph."""
+    up: dict[int, list[gs.Tensor]] = {}
+    down: dict[int, list[gs.Tensor]] = {}
+    for g in iter_graphs(graph):
+        for node in g.nodes:
+            if node.op != "If":
+                continue
+            for branch in (a for a in node.attrs.values() if isinstance(a, gs.Graph)):
+                for out, inner in zip(node.outputs, branch.outputs, strict=False):
+                    up.setdefault(id(out), []).append(inner)
+                    down.setdefault(id(inner), []).append(out)
+    return up, down
+
+
+def _upstream(t: gs.Tensor, up: Mapping[int, list[gs.Tensor]]) -> tuple[dict[int, gs.Node], set[int]]:
+    """(nodes, ids of tensors) that ``t`` is computed from; an If output is followed into its branches."""
+    nodes: dict[int, gs.Node] = {}
+    seen: set[int] = set()
+    stack = [t]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if id(t) in up:
+            stack.extend(up[id(t)])
+            continue
+        p = producer(t)
+        if p is not None and id(p) not in nodes:
+            nodes[id(p)] = p
+            stack.extend(p.inputs)
+    return nodes, seen
+
+
+def _downstream(t: gs.Tensor, down: Mapping[int, list[gs.Tensor]]) -> set[int]:
+    """ids of the nodes that read ``t`` or what is computed from it (readers inside subgraphs included)."""
+    nodes: set[int] = set()
+    seen: set[int] = set()
+    stack = [t]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.extend(down.get(id(t), ()))
+        for c in t.outputs:
+            if id(c) not in nodes:
+                nodes.add(id(c))
+                stack.extend(c.outputs)
+    return nodes
+
+
+def recurrent_state_regions(graph: gs.Graph) -> dict[int, str]:
+    """``{id(node): reason}`` for the nodes on a recurrent-state path of the model whose main graph is ``graph``,
+    subgraph nodes included (the rule is in the module docstring)."""
+    if len(graph.inputs) < 2 or len(graph.outputs) < 2:
+        return {}
+    up, down = _if_links(graph)
+    found: dict[int, str] = {}
+    for out in graph.outputs:
+        candidates = [i for i in graph.inputs if _same_state_type(i, out)]
+        if not candidates:
+            continue
+        back, reached = _upstream(out, up)
+        paths = []
+        for i in candidates:  # another input (the call's data) must enter too, else it is a transform of ``i``
+            if id(i) in reached and any(id(x) in reached for x in graph.inputs if x is not i):
+                path = _downstream(i, down) & back.keys()
+                if path:
+                    paths.append((i, path))
+        if not paths:
+            continue
+        fewest = min(len(p) for _, p in paths)
+        for i, path in paths:
+            if len(path) == fewest:
+                for k in path:
+                    found.setdefault(k, RECURRENT_STATE.format(src=i.name, dst=out.name))
     return found

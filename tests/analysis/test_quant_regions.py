@@ -1,7 +1,11 @@
-"""quant_regions: which nodes stay float (elementary normalizations, GELU, scheme ops, wide-range Concats)."""
+"""quant_regions: which nodes stay float (elementary normalizations, GELU, scheme ops, wide-range Concats,
+recurrent state)."""
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+import pytest
+from differential import apply_passes
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
@@ -11,9 +15,13 @@ from onnxopt.analysis.quant_regions import (
     NORMALIZATION,
     float_regions,
     normalization_regions,
+    recurrent_state_regions,
     wide_range_concats,
 )
 from onnxopt.models.zoo import build
+from onnxopt.pass_manager import PassContext
+from onnxopt.passes.quantize_static import QuantizeStatic
+from onnxopt.verify import compare_arrays, run_model
 
 
 def _graph(nodes, inits=()):
@@ -86,3 +94,106 @@ def test_wide_range_concat_rule():
     assert wide_range_concats(graph, {"x": (0.0, 320.0), "p": (0.0, 1.0)}) != {}
     assert wide_range_concats(graph, {"x": (-2.0, 3.0), "p": (0.0, 1.0)}) == {}
     assert wide_range_concats(graph, {"x": (0.0, 320.0), "p": (0.0, 1.0)}, factor=500) == {}
+
+
+RNG = np.random.default_rng(0)
+CELL = {"cell_h", "cell_add", "cell_sig", "cell_tanh", "cell_mul"}  # the nodes between state h and state hN
+
+
+def _w(name, *shape):
+    return nh.from_array((RNG.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
+
+
+def _recurrent_model(in_if=False):
+    """x -> encoder (MatMul, Relu) -> e; cell: hN = sigmoid(e Wx + h Wh) * tanh(e Wx + h Wh); head: y = hN Wo.
+    State h [1, 8] in, hN [1, 8] out (the caller feeds hN back as h). ``in_if``: everything but the encoder inside
+    both branches of an If (as silero VAD selects its 16 kHz / 8 kHz model)."""
+    def cell(sfx):
+        return [h.make_node("MatMul", ["e", "wx"], [f"a{sfx}"], name=f"cell_x{sfx}"),
+                h.make_node("MatMul", ["h", "wh"], [f"b{sfx}"], name=f"cell_h{sfx}"),
+                h.make_node("Add", [f"a{sfx}", f"b{sfx}"], [f"s{sfx}"], name=f"cell_add{sfx}"),
+                h.make_node("Sigmoid", [f"s{sfx}"], [f"g{sfx}"], name=f"cell_sig{sfx}"),
+                h.make_node("Tanh", [f"s{sfx}"], [f"t{sfx}"], name=f"cell_tanh{sfx}"),
+                h.make_node("Mul", [f"g{sfx}", f"t{sfx}"], [f"hN{sfx}"], name=f"cell_mul{sfx}"),
+                h.make_node("MatMul", [f"hN{sfx}", "wo"], [f"y{sfx}"], name=f"head{sfx}")]
+
+    outs = [h.make_tensor_value_info("y", T.FLOAT, [1, 2]), h.make_tensor_value_info("hN", T.FLOAT, [1, 8])]
+    nodes = [h.make_node("MatMul", ["x", "we"], ["x1"], name="enc"),
+             h.make_node("Relu", ["x1"], ["e"], name="enc_relu")]
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, [1, 4]), h.make_tensor_value_info("h", T.FLOAT, [1, 8])]
+    if in_if:
+        branches = {}
+        for br in ("then", "else"):
+            sfx = "" if br == "then" else "_2"
+            branches[f"{br}_branch"] = h.make_graph(cell(sfx), br, [], [
+                h.make_tensor_value_info(f"y{sfx}", T.FLOAT, [1, 2]),
+                h.make_tensor_value_info(f"hN{sfx}", T.FLOAT, [1, 8])])
+        nodes.append(h.make_node("If", ["cond"], ["y_out", "hN_out"], name="if", **branches))
+        outs = [h.make_tensor_value_info("y_out", T.FLOAT, [1, 2]), h.make_tensor_value_info("hN_out", T.FLOAT, [1, 8])]
+        inputs.append(h.make_tensor_value_info("cond", T.BOOL, []))
+    else:
+        nodes += cell("")
+    g = h.make_graph(nodes, "rnn", inputs, outs, [_w("we", 4, 8), _w("wx", 8, 8), _w("wh", 8, 8), _w("wo", 8, 2)])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
+
+
+def _rollout(model, xs, cond=True):
+    """Run ``model`` over the steps ``xs``, feeding the state output back: (per-step outputs, final state, feeds)."""
+    names = [o.name for o in model.graph.output]
+    state, ys, fed = np.zeros((1, 8), np.float32), [], []
+    for x in xs:
+        feeds = {"x": x, "h": state, **({"cond": np.array(cond)} if len(model.graph.input) > 2 else {})}
+        out = run_model(model, feeds)
+        ys.append(out[names[0]])
+        fed.append(feeds)
+        state = out[names[1]]
+    return np.concatenate(ys), state, fed
+
+
+@pytest.mark.parametrize("in_if", [False, True])
+def test_recurrent_state_cell_stays_float_and_the_rest_is_quantized(in_if):
+    proto = _recurrent_model(in_if)
+    graph = gs.import_onnx(proto)
+    found = recurrent_state_regions(graph)
+    nodes = [n for g in [graph, *[a for n in graph.nodes for a in n.attrs.values() if isinstance(a, gs.Graph)]]
+             for n in g.nodes]
+    names = {n.name.removesuffix("_2") for n in nodes if id(n) in found}
+    assert names == CELL  # not the encoder, not the input's MatMul into the cell, not the head
+    assert all("'h' -> 'hN" in found[k] for k in found)
+
+    steps = [RNG.standard_normal((1, 4)).astype(np.float32) for _ in range(100)]
+    calib = []  # as the model runs: each step with the float state at that point, both branches
+    for cond in ((True, False) if in_if else (True,)):
+        calib += _rollout(proto, steps[:60], cond)[2]
+    xs = steps[60:]  # held out
+    ctx = PassContext(options={"int8_min_conv_macs": 0}, calibration=calib)
+    out, _ = apply_passes(proto, [QuantizeStatic()], ctx)
+    onnx.checker.check_model(out, full_check=True)
+    reasons = {d.where: d.reason for d in ctx.declines}
+    assert "recurrent state path" in reasons["MatMul 'cell_h'"]
+    graphs = [out.graph, *[a.g for n in out.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]]
+    weights_dq = {n.input[0] for g in graphs for n in g.node if n.op_type == "DequantizeLinear"}
+    assert {"we_quantized", "wx_quantized", "wo_quantized"} <= weights_dq  # encoder, input -> cell, head: int8
+    assert not any(w.startswith("wh") for w in weights_dq)  # the state's own MatMul keeps its float weight
+    producers = {o: n.op_type for g in graphs for n in g.node for o in n.output}
+    state_out = out.graph.output[1].name
+    assert producers[state_out] != "DequantizeLinear"
+    if not in_if:  # the state leaves float although the (int8) head reads it
+        assert producers[state_out] == "Mul"
+    # differential over a held-out stream: the state carried 40 calls stays close to float
+    for cond in ((True, False) if in_if else (True,)):
+        y_ref, h_ref, _ = _rollout(proto, xs, cond)
+        y_q, h_q, _ = _rollout(out, xs, cond)
+        assert np.max(np.abs(h_q - h_ref)) < 0.05, np.max(np.abs(h_q - h_ref))
+        assert compare_arrays("y", y_ref, y_q).cosine > 0.99  # the int8 head: close, clipped at held-out extremes
+
+
+def test_no_recurrent_state_without_a_second_input_feeding_it():
+    # image -> image (same shape in and out), plus a second output: a transform, not a carried state
+    nodes = [h.make_node("MatMul", ["x", "w"], ["y"], name="mm"), h.make_node("Relu", ["y"], ["r"], name="relu")]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [2, 8]),
+                                  h.make_tensor_value_info("unused", T.FLOAT, [2, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [2, 8]), h.make_tensor_value_info("r", T.FLOAT, [2, 8])],
+                     [_w("w", 8, 8)])
+    assert recurrent_state_regions(gs.import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))) == {}
+    assert recurrent_state_regions(gs.import_onnx(_recurrent_model())) != {}

@@ -11,10 +11,10 @@ import subprocess
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnxopt.models import fetch as fetch_mod
-from onnxopt.models.fetch import FILES, PINS, _sha256, cache_dir, fetch
 
 from onnxopt.errors import UserError
+from onnxopt.models import fetch as fetch_mod
+from onnxopt.models.fetch import FILES, PINS, _sha256, cache_dir, fetch
 
 
 def test_cache_dir_env(monkeypatch, tmp_path) -> None:

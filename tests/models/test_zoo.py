@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnxopt.models.zoo import ZOO, build, main, sample_inputs
-from onnxopt.models.zoo_transformer import bert
 
 from onnxopt.errors import UserError
+from onnxopt.models.zoo import ZOO, build, main, sample_inputs
+from onnxopt.models.zoo_transformer import bert
 
 EXPECTED = {  # output shape for batch=2, sequence=16
     "small_cnn": (1, 10),

@@ -1,7 +1,6 @@
 """ConstantsToInitializers: every value_* form, subgraph-local constants, declines, initializer inputs."""
 
 import numpy as np
-import pytest
 from differential import apply_passes, assert_equivalent, op_types
 from onnx import TensorProto, helper, numpy_helper
 

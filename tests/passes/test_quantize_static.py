@@ -325,14 +325,14 @@ def test_relu_read_inside_an_if_branch_is_kept():
                      [nh.from_array(f32(4, 3, 1, 1), "w"), nh.from_array(f32(4), "b"),
                       nh.from_array(f32(2, 4, 1, 1), "w2")])
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 13)])
-    calib = [{"x": f32(1, 3, 4, 4), "cond": np.array(i % 2 == 0)} for i in range(4)]
+    calib = [{"x": f32(1, 3, 4, 4), "cond": np.array(i % 2 == 0)} for i in range(16)]
     out, ctx = quantize(m, calib, canon=False)
+    for cond in (True, False):
+        feeds = {"x": 0.5 * f32(1, 3, 4, 4), "cond": np.array(cond)}  # inside the calibrated range
+        ref, got = run_model(m, feeds), run_model(out, feeds)
+        assert compare_arrays("z", ref["z"], got["z"]).cosine > 0.999
+        assert compare_arrays("y", ref["y"], got["y"]).cosine > 0.99
+    assert np.max(got["z"]) <= 0  # the else-branch negates the Relu's output, never the Conv's
     top = op_types(out, recurse=False)
     assert "Relu" in top and "QuantizeLinear" in top
     assert _scale_of(out, "c")[1] == 0  # the Conv output still takes the Relu's range: zero point at the minimum
-    for cond in (True, False):
-        feeds = {"x": f32(1, 3, 4, 4), "cond": np.array(cond)}
-        ref, got = run_model(m, feeds), run_model(out, feeds)
-        assert np.min(got["z"] if cond else -got["z"]) >= 0  # the branch reads the Relu's output, never below 0
-        assert compare_arrays("z", ref["z"], got["z"]).cosine > 0.999
-        assert compare_arrays("y", ref["y"], got["y"]).cosine > 0.99
