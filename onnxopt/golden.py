@@ -153,23 +153,6 @@ class GoldenReport:
         return f"{self.model} {status} {self.golden} [engine {self.engine}]{sha}\n{self.table()}"
 
 
-def _stats(got: np.ndarray, want: np.ndarray) -> tuple[float, float, float]:
-    g = got.astype(np.float64).ravel()
-    w = want.astype(np.float64).ravel()
-    if g.size == 0:
-        return 0.0, 0.0, 1.0
-    fin = np.isfinite(g) & np.isfinite(w)
-    d = np.abs(g - w)
-    d[~fin & (g != w) & ~(np.isnan(g) & np.isnan(w))] = np.inf
-    d[np.isnan(g) & np.isnan(w)] = 0.0
-    max_abs = float(d.max())
-    max_rel = float((d / np.maximum(np.abs(w), np.finfo(np.float64).tiny)).max()) if max_abs > 0 else 0.0
-    gf, wf = np.where(fin, g, 0), np.where(fin, w, 0)
-    n = np.linalg.norm(gf) * np.linalg.norm(wf)
-    cos = float(gf @ wf / n) if n > 0 else (1.0 if not gf.any() and not wf.any() else 0.0)
-    return max_abs, max_rel, cos
-
-
 def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: float, steps: int = 0,
             scale: float | None = None) -> OutputCheck:
     """One output: integers exact or within ``steps``; floats within ``atol + rtol*|want|`` (``atol`` is
@@ -180,7 +163,7 @@ def compare(name: str, got: np.ndarray, want: np.ndarray, *, rtol: float, atol: 
     if got.shape != want.shape:
         return OutputCheck(name, want.shape, str(want.dtype), np.inf, np.inf, 0.0, False, "",
                            f"shape {got.shape} != recorded {want.shape}")
-    max_abs, max_rel, cos = _stats(got, want)
+    max_abs, max_rel, cos = verify.error_stats(want, got)
     if want.dtype.kind in "biu":
         limit = f"|diff| <= {steps} step(s)"
         return OutputCheck(name, want.shape, str(want.dtype), max_abs, max_rel, cos, max_abs <= steps, limit,

@@ -23,6 +23,8 @@ from onnxopt.errors import PassError, UserError
 log = logging.getLogger(__name__)
 
 ORT_MAX_INLINE = 1 << 30  # larger models go to onnxruntime through a file
+_NUMPY_NUMERIC = {np.dtype(t).name for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                             np.uint32, np.uint64, np.float16, np.float32, np.float64)}
 
 
 def input_specs(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list[int | str | None]]]:
@@ -115,6 +117,32 @@ class OutputDiff:
         return d
 
 
+def abs_diff(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """Elementwise |ref - got| in float64: equal infinities and NaN pairs count 0, other non-finite mismatches inf."""
+    r, g = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
+    with np.errstate(invalid="ignore"):
+        d = np.abs(r - g)
+    finite = np.isfinite(r) & np.isfinite(g)
+    d[~finite & (r != g)] = np.inf
+    d[(r == g) | (np.isnan(r) & np.isnan(g))] = 0.0
+    return d
+
+
+def error_stats(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
+    """(max abs error, max relative error, cosine) of ``got`` against ``ref``; non-finite values handled."""
+    r, g = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
+    if r.size == 0:
+        return 0.0, 0.0, 1.0
+    d = abs_diff(r, g)
+    max_abs = float(d.max())
+    max_rel = float((d / np.maximum(np.abs(np.nan_to_num(r)), np.finfo(np.float64).tiny)).max()) if max_abs else 0.0
+    finite = np.isfinite(r) & np.isfinite(g)
+    rf, gf = np.where(finite, r, 0.0), np.where(finite, g, 0.0)
+    norm = np.linalg.norm(rf) * np.linalg.norm(gf)
+    cosine = float(rf @ gf / norm) if norm > 0 else (1.0 if not rf.any() and not gf.any() else 0.0)
+    return max_abs, max_rel, cosine
+
+
 def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, rtol: float = 1e-4, atol: float = 1e-5,
                    scale: float | None = None, steps: float | None = None) -> OutputDiff:
     """Compare one output.
@@ -123,6 +151,8 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, rtol: float = 1e
     ``scale`` (the output's quantization scale) for float outputs of a quantized graph.
     """
     ref, got = np.asarray(ref), np.asarray(got)
+    if any(a.dtype.kind not in "OUS" and a.dtype.name not in _NUMPY_NUMERIC for a in (ref, got)):
+        ref, got = ref.astype(np.float32), got.astype(np.float32)  # ml_dtypes (int4, float8...) compare as floats
     step = scale
     if steps is not None and step is None:
         if ref.dtype.kind not in "iu":
@@ -137,24 +167,20 @@ def compare_arrays(name: str, ref: np.ndarray, got: np.ndarray, rtol: float = 1e
         eq = bool(np.array_equal(ref, got))
         return OutputDiff(name, tuple(ref.shape), 0.0 if eq else 1.0, 0.0 if eq else 1.0, 1.0 if eq else 0.0,
                           float("inf") if eq else 0.0, None, eq)
-    r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-    if r.size == 0:
+    if ref.size == 0:
         return OutputDiff(name, tuple(ref.shape), 0.0, 0.0, 1.0, float("inf"), None, True)
-    diff = np.abs(r - g)
-    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
-    max_rel = float(np.nanmax(diff / np.maximum(np.abs(r), 1e-12)))
-    nr, ng = np.linalg.norm(r), np.linalg.norm(g)
-    cosine = float(r @ g / (nr * ng)) if nr > 0 and ng > 0 else (1.0 if nr == ng else 0.0)
-    noise = float(np.sum((r - g) ** 2))
-    snr = float(10 * np.log10(np.sum(r**2) / noise)) if noise > 0 else float("inf")
+    max_abs, max_rel, cosine = error_stats(ref, got)
+    r, d = ref.astype(np.float64).ravel(), abs_diff(ref, got)
+    finite = np.isfinite(d)
+    noise = float(np.sum(d[finite] ** 2))
+    snr = float(10 * np.log10(np.sum(np.nan_to_num(r[finite]) ** 2) / noise)) if noise > 0 else float("inf")
     top1 = None
     if ref.ndim >= 2 and ref.shape[-1] > 1 and ref.dtype.kind == "f":
         top1 = float(np.mean(ref.reshape(-1, ref.shape[-1]).argmax(-1) == got.reshape(-1, ref.shape[-1]).argmax(-1)))
-    nan_mismatch = bool(np.any(np.isnan(r) != np.isnan(g)))
     if step is not None:
-        ok = bool(np.all(diff <= steps * step + 1e-12)) and not nan_mismatch
+        ok = bool(np.all(d <= steps * step + 1e-12))
     else:
-        ok = bool(np.all((diff <= atol + rtol * np.abs(r)) | (np.isnan(r) & np.isnan(g))))
+        ok = bool(np.all(d <= atol + rtol * np.abs(np.nan_to_num(r))))
     return OutputDiff(name, tuple(ref.shape), max_abs, max_rel, cosine, snr, top1, ok)
 
 

@@ -101,3 +101,14 @@ def test_model_round_trip_keeps_metadata():
     assert out.producer_name == "exporter"
     assert {p.key: p.value for p in out.metadata_props} == {"k": "v"}
     assert out.ir_version == proto.ir_version
+
+
+def test_compare_handles_non_finite_values():
+    from onnxopt.verify import compare_arrays
+
+    ref = np.array([1.0, np.inf, -np.inf, np.nan], dtype=np.float32)
+    assert compare_arrays("y", ref, ref.copy()).ok
+    moved = compare_arrays("y", ref, np.array([1.0, 1.0, -np.inf, np.nan], dtype=np.float32))
+    assert not moved.ok and moved.max_abs == np.inf
+    nan_appeared = compare_arrays("y", ref, np.array([np.nan, np.inf, -np.inf, np.nan], dtype=np.float32))
+    assert not nan_appeared.ok
