@@ -60,6 +60,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     options = OptimizeOptions(
         target=args.target, min_opset=args.opset, verify=not args.no_verify, rtol=args.rtol, atol=args.atol,
         min_cosine=args.min_cosine, allow_mismatch=args.allow_mismatch, inputs=args.inputs, debug=args.debug,
+        debug_engine=args.debug_engine,
         dump_dir=args.dump_dir, extra=extra,
     )
     report = optimize_file(args.input, args.output, options)
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-verify", action="store_true", help="skip comparing outputs with the input model")
     o.add_argument("--allow-mismatch", action="store_true", help="write the model even if outputs moved too far")
     o.add_argument("--debug", action="store_true", help="check and verify after every pass that changed the model")
+    o.add_argument("--debug-engine", default="onnxruntime", choices=["onnxruntime", "reference"],
+                   help="engine that runs the per-pass verification of --debug")
     o.add_argument("--dump-dir", help="save the model after every change into this folder")
     o.add_argument("--report", help="write a JSON report here")
     o.add_argument("--keep-initializer-inputs", action="store_true",

@@ -34,6 +34,7 @@ class OptimizeOptions:
     allow_mismatch: bool = False
     inputs: str | None = None
     debug: bool = False
+    debug_engine: str = "onnxruntime"
     dump_dir: str | None = None
     check: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +56,7 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
     feeds = _feeds_for(proto, options)
     verifier = None
     if options.debug and feeds is not None:
-        verifier = make_pass_verifier(proto, feeds, rtol=options.rtol, atol=options.atol)
+        verifier = make_pass_verifier(proto, feeds, engine=options.debug_engine, rtol=options.rtol, atol=options.atol)
     manager = PassManager(target.pipeline(ctx.options), check=options.debug, verifier=verifier,
                           dump_dir=options.dump_dir)
     model = Model.from_onnx(proto)

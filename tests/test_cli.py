@@ -210,3 +210,14 @@ def test_optimize_when_generated_inputs_cannot_run(tmp_path, capsys):
     assert code == 0, err
     assert "not verified" in stdout
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "reference"])
+def test_debug_mode_verifies_each_pass(model_path, tmp_path, capsys, engine):
+    report = tmp_path / "r.json"
+    code, _, err = run_cli(["optimize", model_path, "-o", tmp_path / "o.onnx", "--quantize", "none", "--debug",
+                            "--debug-engine", engine, "--report", report], capsys)
+    assert code == 0, err
+    records = json.loads(report.read_text())["verification"]
+    assert {r["pass"] for r in records} >= {"FoldBatchNorm", "RemoveNoOps"}
+    assert all(o["ok"] for r in records for o in r["outputs"])
