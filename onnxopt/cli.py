@@ -60,7 +60,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     options = OptimizeOptions(
         target=args.target, min_opset=args.opset, verify=not args.no_verify, rtol=args.rtol, atol=args.atol,
         min_cosine=args.min_cosine, allow_mismatch=args.allow_mismatch, inputs=args.inputs, debug=args.debug,
-        debug_engine=args.debug_engine,
+        debug_engine=args.debug_engine, progress=sys.stderr.isatty(),
         dump_dir=args.dump_dir, extra=extra,
     )
     report = optimize_file(args.input, args.output, options)

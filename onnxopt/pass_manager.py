@@ -153,9 +153,14 @@ class PassManager:
         self._dumps = 0
 
     def run(self, model: Model, ctx: PassContext | None = None) -> ManagerReport:
+        """Run every step; with ``ctx.progress`` a progress bar names the step in flight."""
+        from tqdm import tqdm
+
         ctx = ctx or PassContext()
         report = ManagerReport()
-        for item in self.passes:
+        bar = tqdm(self.passes, desc="onnxopt", unit="step", disable=not ctx.progress, leave=False)
+        for item in bar:
+            bar.set_postfix_str(item.name)
             self._run_item(item, model, ctx, report)
         return report
 

@@ -35,6 +35,7 @@ class OptimizeOptions:
     inputs: str | None = None
     debug: bool = False
     debug_engine: str = "onnxruntime"
+    progress: bool = False
     dump_dir: str | None = None
     check: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -51,7 +52,7 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
     from onnxopt.targets import get_target
 
     target = get_target(options.target)
-    ctx = PassContext(target=target.name, options=options.pass_options())
+    ctx = PassContext(target=target.name, options=options.pass_options(), progress=options.progress)
     held = open_calibration(proto, ctx)  # options["calibration"] -> ctx.calibration, held-back samples
     feeds = _feeds_for(proto, options)
     verifier = None
