@@ -130,6 +130,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_passes(args: argparse.Namespace) -> int:
     import onnxopt.passes  # noqa: F401  (registers every pass)
     from onnxopt.pass_manager import PASS_REGISTRY
+    from onnxopt.targets import all_targets
+
+    all_targets()  # target modules register their lowering passes
 
     for name in sorted(PASS_REGISTRY):
         cls = PASS_REGISTRY[name]
