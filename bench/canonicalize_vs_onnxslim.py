@@ -1,7 +1,8 @@
 """Canonicalization beside onnxslim on the zoo and the real models, measured in one run.
 
 For each model: node counts (subgraphs included) of the input, of ours (``canonicalize()`` through the
-PassManager) and of onnxslim's ``slim``; wall time of both and the ratio ours / theirs; and whether our output
+PassManager) and of onnxslim's ``slim``; wall time of both (median of ``--repeat`` runs each, import and
+export included; the two tools' runs interleaved) and the ratio ours / theirs; and whether our output
 still matches the input model in onnxruntime (optimizations off). Goal: ours <= theirs on every model, time
 within 2x.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import statistics
 import sys
 import time
 from collections import Counter
@@ -78,20 +80,34 @@ def theirs(proto: onnx.ModelProto) -> onnx.ModelProto:
     return onnxslim.slim(copy.deepcopy(proto))
 
 
-def timed(fn, proto, repeat):
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn(proto)
-        best = min(best, time.perf_counter() - t)
-    return out, best
+def timed(fns, proto, repeat):
+    """Run each of ``fns`` once per round, ``repeat`` rounds interleaved (so both tools see the same machine load).
+
+    Returns one (last output, median seconds, exception) per function; a function that raises is not run again.
+    """
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list = [None] * len(fns)
+    errors: list[Exception | None] = [None] * len(fns)
+    for _ in range(max(repeat, 1)):
+        for i, fn in enumerate(fns):
+            if errors[i] is not None:
+                continue
+            t = time.perf_counter()
+            try:
+                outs[i] = fn(proto)
+            except Exception as e:
+                errors[i] = e
+                continue
+            times[i].append(time.perf_counter() - t)
+    return [(out, statistics.median(ts) if ts else float("nan"), err)
+            for out, ts, err in zip(outs, times, errors, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:
     from onnxopt.models.zoo import ZOO
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", help="model names (zoo or real)")
-    ap.add_argument("--repeat", type=int, default=1, help="best of N timings")
+    ap.add_argument("--repeat", type=int, default=1, help="median of N timings (per tool)")
     ap.add_argument("--no-real", action="store_true", help="zoo models only")
     ap.add_argument("--diff", action="store_true", help="print per-op count differences ours - theirs")
     args = ap.parse_args(argv)
@@ -107,18 +123,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:24s} unavailable: {e}")
             continue
         n_in = sum(count_ops(proto).values())
-        try:
-            mine, t_ours = timed(ours, proto, args.repeat)
-        except Exception as e:
-            print(f"{name:24s} {n_in:6d} ours FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        (mine, t_ours, e_ours), (slim, t_slim, e_slim) = timed([ours, theirs], proto, args.repeat)
+        if e_ours is not None:
+            print(f"{name:24s} {n_in:6d} ours FAILED: {type(e_ours).__name__}: "
+                  f"{str(e_ours).splitlines()[0][:200] if str(e_ours) else ''}")
             failures += 1
             continue
-        try:
-            slim, t_slim = timed(theirs, proto, args.repeat)
+        if e_slim is None:
             n_slim = sum(count_ops(slim).values())
-        except Exception as e:
+        else:
             slim, t_slim, n_slim = None, float("nan"), -1
-            print(f"  (onnxslim failed on {name}: {type(e).__name__}: {e})")
+            print(f"  (onnxslim failed on {name}: {type(e_slim).__name__}: {e_slim})")
         n_ours = sum(count_ops(mine).values())
         try:
             onnx.checker.check_model(mine, full_check=True)

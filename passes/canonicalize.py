@@ -31,22 +31,25 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
     InlineConstantIf, RemoveNoOps, EliminateReshapeAs, MergeTransposes, MergeReshapes, FoldBatchNorm, FoldConvAffine,
     FuseMatMulAdd, DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadCode, InferShapes (it reports
     a change only when a tensor gained information, so the next round sees the shapes that folding and inlining
-    exposed); then InferShapes once more for the final form.
+    exposed); then InferShapes once more for the final form (skipped when the loop's last InferShapes modified
+    nothing: it would repeat that run exactly).
 
     Options read here (the passes read theirs from the PassContext): ``max_iterations`` (fixed-point cap,
     default 10) and ``skip`` (pass names to leave out, e.g. ``["UpgradeOpset"]``).
     """
     options = dict(options or {})
     skip = set(options.get("skip", ()))
+    loop_infer = InferShapes()
     loop: list[Pass] = [
         FoldShapes(), FoldConstants(), InlineConstantIf(), RemoveNoOps(), EliminateReshapeAs(), MergeTransposes(),
         MergeReshapes(), FoldBatchNorm(), FoldConvAffine(), FuseMatMulAdd(), DeduplicateInitializers(),
-        EliminateCommonSubexpressions(), EliminateDeadCode(), InferShapes(),
+        EliminateCommonSubexpressions(), EliminateDeadCode(), loop_infer,
     ]
     head: list[Pass] = [UpgradeOpset(), ConstantsToInitializers(), InferShapes()]
     pipeline: list[Pass | FixedPoint] = [p for p in head if p.name not in skip]
     pipeline.append(FixedPoint([p for p in loop if p.name not in skip],
                                max_iterations=int(options.get("max_iterations", 10)), name="canonicalize"))
     if "InferShapes" not in skip:
-        pipeline.append(InferShapes())
+        # right after the loop, whose last pass is loop_infer: skipped when that run modified nothing
+        pipeline.append(InferShapes(follows=loop_infer))
     return pipeline

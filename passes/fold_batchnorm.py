@@ -24,30 +24,45 @@ from onnxopt.rewrite import Rewrite, RewritePass
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
 
 
-def scale_output_channels(op: str, w: np.ndarray, scale: np.ndarray, attrs: dict) -> np.ndarray | None:
-    """Multiply a Conv/ConvTranspose/Gemm weight by ``scale`` per output channel (float64 in, float64 out).
-
-    Conv: axis 0 of [M, C/g, k...]. ConvTranspose: axis 1 of [C, M/g, k...] per group (channel g*M/g + j).
-    Gemm: the N axis of B, which is axis 1 when transB=0 and axis 0 when transB=1. None when shapes disagree.
-    """
+def _channel_view(op: str, shape: tuple, n: int, attrs: dict) -> tuple[tuple, tuple] | None:
+    """(shape the weight is viewed as, shape the per-channel scale is viewed as) for an output-channel scaling of
+    a weight of ``shape`` by ``n`` channels; None when the shapes disagree. Nothing is computed on the weight."""
+    rank = len(shape)
     if op == "Conv":
-        if w.ndim < 1 or w.shape[0] != scale.size:
+        if rank < 1 or shape[0] != n:
             return None
-        return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+        return shape, (-1,) + (1,) * (rank - 1)
     if op == "ConvTranspose":
         g = int(attrs.get("group", 1))
-        if w.ndim < 2 or w.shape[0] % g or w.shape[1] * g != scale.size:
+        if rank < 2 or shape[0] % g or shape[1] * g != n:
             return None
-        grouped = w.reshape((g, w.shape[0] // g) + w.shape[1:])
-        grouped = grouped * scale.reshape((g, 1, w.shape[1]) + (1,) * (w.ndim - 2))
-        return grouped.reshape(w.shape)
+        return (g, shape[0] // g) + shape[1:], (g, 1, shape[1]) + (1,) * (rank - 2)
     if op == "Gemm":
-        if w.ndim != 2:
+        if rank != 2:
             return None
         if int(attrs.get("transB", 0)):
-            return w * scale.reshape(-1, 1) if w.shape[0] == scale.size else None
-        return w * scale.reshape(1, -1) if w.shape[1] == scale.size else None
+            return (shape, (-1, 1)) if shape[0] == n else None
+        return (shape, (1, -1)) if shape[1] == n else None
     return None
+
+
+def scale_output_channels(op: str, w: np.ndarray, scale: np.ndarray, attrs: dict,
+                          dtype: np.dtype | None = None) -> np.ndarray | None:
+    """Multiply a Conv/ConvTranspose/Gemm weight by ``scale`` per output channel, in float64. None when shapes disagree.
+
+    Conv: axis 0 of [M, C/g, k...]. ConvTranspose: axis 1 of [C, M/g, k...] per group (channel g*M/g + j).
+    Gemm: the N axis of B, which is axis 1 when transB=0 and axis 0 when transB=1.
+    The result is float64, or ``dtype`` when given: each product is computed in float64 and rounded once to
+    ``dtype`` (what ``(w.astype(float64) * scale).astype(dtype)`` gives) without full-size float64 temporaries.
+    """
+    view = _channel_view(op, tuple(w.shape), scale.size, attrs)
+    if view is None:
+        return None
+    w_shape, s_shape = view
+    out = np.empty(w.shape, np.float64 if dtype is None else dtype)
+    np.multiply(w.reshape(w_shape), scale.reshape(s_shape), out=out.reshape(w_shape), dtype=np.float64,
+                casting="unsafe")
+    return out
 
 
 def bias_of(node: gs.Node) -> tuple[np.ndarray | None, str | None]:
@@ -94,8 +109,8 @@ def rewrite_weighted(prod: gs.Node, graph: gs.Graph, scale: np.ndarray | None, s
     w = constant_value(prod.inputs[1])
     dtype = w.dtype
     if scale is not None:
-        new_w = scale_output_channels(prod.op, w.astype(np.float64), scale, prod.attrs)
-        prod.inputs[1] = make_constant(_new_name(graph, prod, "weight_folded"), new_w.astype(dtype))
+        new_w = scale_output_channels(prod.op, w, np.asarray(scale, np.float64), prod.attrs, dtype)
+        prod.inputs[1] = make_constant(_new_name(graph, prod, "weight_folded"), new_w)
     bias, _ = bias_of(prod)
     if bias is None:
         new_b = shift
@@ -135,7 +150,7 @@ def _bn_params(node: gs.Node, graph: gs.Graph) -> tuple[tuple[np.ndarray, np.nda
 
 def _channel_count_ok(prod: gs.Node, n: int) -> str | None:
     w = constant_value(prod.inputs[1])
-    if scale_output_channels(prod.op, np.zeros(w.shape, np.int8), np.zeros(n, np.int8), prod.attrs) is None:
+    if _channel_view(prod.op, tuple(w.shape), n, prod.attrs) is None:
         return f"the {prod.op} has another number of output channels"
     return None
 

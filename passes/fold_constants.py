@@ -210,9 +210,10 @@ def fold_graph(graph: gs.Graph, opset: int, ctx: PassContext, pass_name: str) ->
     for node in list(graph.toposort(recurse_subgraphs=False).nodes):
         if node.op == "Constant" or not node.outputs:
             continue
-        vals = [None if not t.name else constant_value(t) for t in node.inputs]
-        if any(v is None and t.name for v, t in zip(vals, node.inputs, strict=True)):
+        # initializers count as constant without reading their values: weights of nodes that cannot fold stay unloaded
+        if not all(not t.name or isinstance(t, gs.Constant) or constant_value(t) is not None for t in node.inputs):
             continue
+        vals = [None if not t.name else constant_value(t) for t in node.inputs]
         where = f"{node.op} '{node.name}'"
         reason = decline_reason(node, graph, vals)
         in_size = sum(int(np.size(v)) for v in vals if v is not None)

@@ -123,11 +123,23 @@ class InferShapes(Pass):
     Declines: a model onnx cannot infer (the reason is logged and recorded; the model is unchanged);
     tensors whose type is not a tensor type (sequences, maps, optionals) are left alone.
     Reports changed only when some tensor gained information, so it can sit in a fixed-point group.
+    ``InferShapes(follows=other)``: a run placed directly after ``other`` (nothing may run between them) is skipped
+    when ``other`` last ran on the same model and modified nothing: it would repeat that run exactly.
     """
 
     lossless = True
 
+    def __init__(self, follows: InferShapes | None = None):
+        self.follows = follows
+        self._last: tuple[Model, bool] | None = None  # (model of the last run, whether it modified anything)
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
+        if self.follows is not None:
+            last, self.follows._last = self.follows._last, None  # consumed: a stale state is never reused
+            if last is not None and last[0] is model and not last[1]:
+                self._last = (model, False)
+                return PassResult(False)
+        self._last = (model, True)  # until this run is known to have modified nothing
         try:
             inferred = _infer(_proto_without_weights(model))
         except Exception as e:
@@ -141,23 +153,28 @@ class InferShapes(Pass):
                 found = _read_type(vi)
                 if types.setdefault(vi.name, found) != found:
                     types[vi.name] = None  # sibling subgraphs reuse a name with different types: skip it
-        gained = 0
+        gained, modified = 0, False
         for graph in iter_graphs(model.graph):
             outputs = {id(t) for t in graph.outputs}
             for name, t in graph.tensors().items():
                 if not isinstance(t, gs.Variable) or types.get(name) is None or is_graph_input(t, graph):
                     continue
                 dtype, shape = types[name]
-                before = _known(_dims(t)) + (t.dtype is not None)
+                old_dims = _dims(t)
+                before = _known(old_dims) + (t.dtype is not None)
                 if t.dtype is None and dtype is not None:
                     t.dtype = dtype
+                    modified = True
                 if id(t) in outputs:
                     if t.shape is None and shape is not None:
                         t.shape = shape
                 else:
-                    merged = _merge(_dims(t), shape)
+                    merged = _merge(old_dims, shape)
                     if merged is not None:
                         t.shape = merged
-                after = _known(_dims(t)) + (t.dtype is not None)
+                new_dims = _dims(t)
+                modified |= new_dims != old_dims
+                after = _known(new_dims) + (t.dtype is not None)
                 gained += after > before
+        self._last = (model, modified)
         return PassResult(gained > 0, {"tensors_refined": gained} if gained else {})

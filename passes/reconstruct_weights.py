@@ -102,6 +102,15 @@ def _patches(x: np.ndarray, node: gs.Node, w: np.ndarray, pos: np.ndarray, out_h
     return p.reshape(len(pos), -1)
 
 
+ROWS_PER_UNKNOWN, MIN_ROWS, MAX_ROWS = 8, 2048, 16384
+
+
+def _rows(unknowns: int) -> int:
+    """Sampled positions for a fit with ``unknowns`` weights per output: a few times more rows than unknowns, so the
+    fit generalizes beyond the calibration data instead of interpolating it."""
+    return int(min(MAX_ROWS, max(MIN_ROWS, ROWS_PER_UNKNOWN * unknowns)))
+
+
 def _ridge(x: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> np.ndarray:
     """argmin ||y - x w||^2 + lam ||w - w0||^2 with lam = alpha * mean diag(x'x); primal or dual form."""
     x, y, w0 = x.astype(np.float64), y.astype(np.float64), w0.astype(np.float64)
@@ -117,13 +126,14 @@ def _ridge(x: np.ndarray, y: np.ndarray, w0: np.ndarray, alpha: float) -> np.nda
 class ReconstructWeights(Pass):
     """Least-squares re-fit of each pruned group's consumer so its output matches the unpruned model's.
 
-    Runs after PruneChannels (reads ``ctx.cache["prune_state"]``). For each dense Conv (2-D), Gemm (transA=0,
+    Runs after PruneChannels (reads ``ctx.cache["prune_state"]``). For each Conv (2-D; grouped and depthwise ones
+    are fitted group by group, each group's weights and bias from its own input channels), Gemm (transA=0,
     alpha=beta=1) or MatMul (constant 2-D right operand) whose input lost channels, in graph order: its inputs are
     taken from the pruned model as re-fitted so far, its targets from the original model's output of the same node,
     and weights plus bias are solved by ridge regression towards the pruned weights (``prune_ridge``, default 0.01),
     so the removed channels' mean contribution lands in the bias. ``prune_reconstruct``: ``ls`` (default),
     ``bias`` (only fold the removed channels' mean contribution into the bias), ``none``. Declines: no calibration
-    data, other consumers (grouped convs, auto_pad, MatMul without a bias slot gets weights only).
+    data, other consumers (auto_pad, ConvTranspose; MatMul without a bias slot gets weights only).
     """
 
     lossless = False
@@ -152,6 +162,8 @@ class ReconstructWeights(Pass):
         for values in capture(original, feeds, [n.outputs[0].name for n in todo] + [n.inputs[0].name for n in todo]):
             for k, v in values.items():
                 targets.setdefault(k, []).append(v)
+        order = {id(n): i for i, n in enumerate(model.graph.nodes)}
+        todo.sort(key=lambda n: order.get(id(n), 0))  # producers first: each fit sees the re-fitted inputs
         done = 0
         for node in todo:
             self._fit(model, node, targets, state, mode, float(ctx.option("prune_ridge") or 0.01), ctx.rng)
@@ -170,8 +182,8 @@ class ReconstructWeights(Pass):
         if w is None:
             return "weights are not constant"
         if node.op == "Conv":
-            if w.ndim != 4 or int(node.attrs.get("group", 1)) != 1 or node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
-                return "only dense 2-D Conv with explicit pads is re-fitted"
+            if w.ndim != 4 or node.attrs.get("auto_pad", "NOTSET") != "NOTSET":
+                return "only 2-D Conv with explicit pads is re-fitted"
         elif node.op == "Gemm":
             if node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
                 return "Gemm with transA/alpha/beta is not re-fitted"
@@ -181,6 +193,10 @@ class ReconstructWeights(Pass):
 
     def _fit(self, model: Model, node: gs.Node, targets: dict, state: dict, mode: str, alpha: float,
              rng: np.random.Generator) -> None:
+        if node.op == "Conv" and int(node.attrs.get("group", 1)) > 1:
+            if mode == "ls":  # in "bias" mode there is nothing to fold: a group reads only its own channels
+                self._fit_grouped(model, node, targets, state, alpha, rng)
+            return
         graph, kept = model.graph, state["kept"]
         xin, yout = node.inputs[0].name, node.outputs[0].name
         w = constant_value(node.inputs[1]).astype(np.float64)
@@ -201,7 +217,7 @@ class ReconstructWeights(Pass):
         else:
             live = list(capture(model.to_onnx(), state["feeds"], [xin]))
             rows_x, rows_y = [], []
-            per_feed = max(16, 2048 // len(ys))
+            per_feed = max(16, _rows(w2.shape[0] + 1) // len(ys))
             for values, y in zip(live, ys, strict=True):
                 x = values[xin]
                 if node.op == "Conv":
@@ -236,6 +252,46 @@ class ReconstructWeights(Pass):
                 node.inputs[2] = bias
             else:
                 node.inputs.append(bias)
+
+    @staticmethod
+    def _fit_grouped(model: Model, node: gs.Node, targets: dict, state: dict, alpha: float,
+                     rng: np.random.Generator) -> None:
+        """Grouped/depthwise Conv: one ridge fit of weights + bias per group (a group reads only its inputs)."""
+        xin, yout = node.inputs[0].name, node.outputs[0].name
+        w = constant_value(node.inputs[1]).astype(np.float64)                 # [Co, Ci/g, kh, kw]
+        g = int(node.attrs["group"])
+        co, k = w.shape[0], int(np.prod(w.shape[1:]))
+        cog = co // g
+        has_bias = len(node.inputs) > 2 and node.inputs[2].name
+        b = constant_value(node.inputs[2]).astype(np.float64).reshape(-1) if has_bias else np.zeros(co)
+        b = np.broadcast_to(b, (co,))
+        ys = targets[yout]
+        per_feed = max(16, _rows(k + 1) // len(ys))
+        rows_x, rows_y = [], []
+        for values, y in zip(capture(model.to_onnx(), state["feeds"], [xin]), ys, strict=True):
+            y = np.asarray(y)
+            total = y.shape[0] * y.shape[2] * y.shape[3]
+            pos = np.sort(rng.choice(total, size=min(per_feed, total), replace=False))
+            rows_x.append(_patches(values[xin], node, w, pos, y.shape[2:]).reshape(len(pos), g, k))
+            yt = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[pos]
+            rows_y.append((yt[:, state["kept"][yout]] if yout in state["kept"] else yt).reshape(len(pos), g, cog))
+        x = np.concatenate(rows_x).astype(np.float64).transpose(1, 0, 2)       # [g, P, k]
+        x = np.concatenate([x, np.ones(x.shape[:2] + (1,))], axis=2)
+        y = np.concatenate(rows_y).astype(np.float64).transpose(1, 0, 2)       # [g, P, cog]
+        w0 = np.concatenate([w.reshape(g, cog, k).transpose(0, 2, 1), b.reshape(g, 1, cog)], axis=1)
+        xtx = np.einsum("gpk,gpl->gkl", x, x)
+        lam = alpha * np.trace(xtx, axis1=1, axis2=2) / (k + 1) + 1e-8
+        rhs = np.einsum("gpk,gpc->gkc", x, y - np.einsum("gpk,gkc->gpc", x, w0))
+        sol = w0 + np.linalg.solve(xtx + lam[:, None, None] * np.eye(k + 1), rhs)
+        graph = model.graph
+        w_out = sol[:, :k].transpose(0, 2, 1).reshape(w.shape)
+        node.inputs[1] = gs.Constant(unique_name(graph, f"{node.inputs[1].name}_refit"),
+                                     np.ascontiguousarray(w_out.astype(np.float32)))
+        bias = gs.Constant(unique_name(graph, f"{node.name}_bias_refit"), sol[:, k].reshape(-1).astype(np.float32))
+        if has_bias:
+            node.inputs[2] = bias
+        else:
+            node.inputs.append(bias)
 
     @staticmethod
     def _mean_fold(node: gs.Node, state: dict, xs_orig: list, w2_pruned: np.ndarray) -> np.ndarray:

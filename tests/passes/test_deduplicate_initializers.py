@@ -70,3 +70,27 @@ def test_inside_if_subgraph():
     x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
     for cond in (True, False):
         assert_equivalent(m, out, {"x": x, "cond": np.array(cond)})
+
+
+def test_large_tensors_equal_on_sampled_elements_merge_only_when_all_bytes_match():
+    # 1000 elements: fingerprints sample 64 of them, so these four share a fingerprint; only a and b are equal
+    base = np.zeros((10, 100), np.float32)
+    a, b, c, d = base.copy(), base.copy(), base.copy(), base.copy()
+    a[3, 7] = b[3, 7] = 1.0  # not a sampled element
+    c[3, 7] = 2.0
+    d[3, 7] = -0.0  # byte-different from c and from zeros, but equal in value to 0
+    inits = [("a", a), ("b", b), ("c", c), ("d", d), ("z", base)]
+    names = [n for n, _ in inits]
+    x = h.make_tensor_value_info("x", T.FLOAT, [10, 100])
+    nodes, prev = [], "x"
+    for i, n in enumerate(names):
+        nodes.append(h.make_node("Add", [prev, n], [f"s{i}"]))
+        prev = f"s{i}"
+    nodes.append(h.make_node("Identity", [prev], ["y"]))
+    g = h.make_graph(nodes, "g", [x], [h.make_tensor_value_info("y", T.FLOAT, [10, 100])],
+                     [nh.from_array(v, n) for n, v in inits])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    out, report = apply_passes(m, [DeduplicateInitializers()])
+    assert_equivalent(m, out)
+    assert sorted(all_initializers(out)) == ["a", "c", "d", "z"]
+    assert report["passes"][0]["stats"]["initializers_merged"] == 1

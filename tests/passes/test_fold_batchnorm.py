@@ -117,3 +117,18 @@ def test_inside_if_subgraph():
     x = f32(1, 3, 4, 4)
     for cond in (True, False):
         assert_equivalent(m, out, {"x": x, "cond": np.array(cond)})
+
+
+@pytest.mark.parametrize("op,shape,attrs", [("Conv", (8, 3, 3, 3), {}), ("ConvTranspose", (4, 3, 3, 3), {"group": 2}),
+                                            ("Gemm", (5, 6), {}), ("Gemm", (6, 5), {"transB": 1})])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_scaled_weights_round_once_from_float64(op, shape, attrs, dtype):
+    from onnxopt.passes.fold_batchnorm import scale_output_channels
+    w = (RNG.standard_normal(shape) * 100).astype(dtype)
+    n = shape[0] if op == "Conv" or attrs.get("transB") else shape[1] * attrs.get("group", 1)
+    scale = RNG.standard_normal(n)
+    wide = scale_output_channels(op, w.astype(np.float64), scale, attrs)
+    got = scale_output_channels(op, w, scale, attrs, dtype)
+    assert wide.dtype == np.float64 and got.dtype == dtype
+    assert got.tobytes() == wide.astype(dtype).tobytes()
+    assert scale_output_channels(op, w, RNG.standard_normal(n + 1), attrs, dtype) is None

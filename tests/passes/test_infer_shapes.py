@@ -90,3 +90,23 @@ def test_unknown_ops_do_not_fail_inference():
     result = InferShapes().run(model, PassContext())
     assert result.changed
     assert {vi.name: _dims(vi) for vi in model.to_onnx().graph.value_info}["a"] == [2]
+
+
+def test_follows_skips_only_after_a_run_that_modified_nothing(monkeypatch):
+    calls = []
+    real = mod._infer
+    monkeypatch.setattr(mod, "_infer", lambda proto: calls.append(1) or real(proto))
+    model = Model.from_onnx(_dynamic_model())
+    first = InferShapes()
+    follower = InferShapes(follows=first)
+    first.run(model, PassContext())  # refines h, r: modified
+    follower.run(model, PassContext())
+    assert len(calls) == 2
+    first.run(model, PassContext())  # nothing left to refine: modified nothing
+    follower.run(model, PassContext())
+    assert len(calls) == 3
+    follower.run(model, PassContext())  # the state of ``first`` is used once only
+    assert len(calls) == 4
+    first.run(model, PassContext())
+    follower.run(Model.from_onnx(_dynamic_model()), PassContext())  # another model: runs
+    assert len(calls) == 6
