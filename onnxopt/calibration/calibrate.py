@@ -6,9 +6,11 @@ one pass (one histogram per tensor serves every histogram method).
 
 Engines:
 
-- ``"onnxruntime"``: the requested main-graph tensors become extra outputs of a copy of the model (saved to
-  a temporary file with external data when it is too large to serialise in memory); samples run one at a
-  time, each output is folded into its statistics and dropped. It cannot reach tensors inside If/Loop/Scan.
+- ``"onnxruntime"`` (``ort_engine``): a copy of the model (saved to a temporary file with external data when
+  it is too large to serialise in memory) runs the samples one at a time: the requested tensors become extra
+  outputs, each folded into its statistics and dropped. With ``ort_engine.GRAPH_REDUCTIONS`` (off by
+  default, see there) and no histogram method, float tensors get ReduceMin/ReduceMax/ReduceL1 nodes instead
+  and only those values are fetched; same statistics. It cannot reach tensors inside If/Loop/Scan.
 - ``"reference"``: the onnxopt interpreter, with its capture callback; it reaches subgraph tensors (inside
   Loop/Scan bodies every iteration is folded in).
 - ``"auto"`` (default): onnxruntime when every requested tensor is in the main graph, else the interpreter;
@@ -27,9 +29,7 @@ one sample's tensors at a time: it does not grow with the number of samples.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from onnxopt.calibration import ort_engine
 from onnxopt.calibration.collectors import METHODS, RunningStats, TensorRange, derive, make_collector
 from onnxopt.calibration.data import CalibrationData, input_specs_of, open_calibration_data
 from onnxopt.errors import UserError
@@ -48,7 +49,6 @@ __all__ = ["calibrate", "calibrate_many", "calibration_tensors"]
 _FLOAT_TYPES = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
 }
-_LARGE = 1_800_000_000  # bytes: above this the augmented model goes through a file with external data
 
 
 def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
@@ -146,13 +146,50 @@ class _Folder:
             if arr.dtype.kind != "f" and name not in self.explicit:
                 self.skipped.add(name)
                 return
-            axis = self.channel_axis.get(name) if isinstance(self.channel_axis, Mapping) else self.channel_axis
-            if axis is not None and not -arr.ndim <= axis < arr.ndim:
-                axis = None
             st = self.stats[name] = RunningStats(
-                histogram_bins=self.bins, averaging_constant=self.averaging_constant, channel_axis=axis
+                histogram_bins=self.bins, averaging_constant=self.averaging_constant,
+                channel_axis=self._axis(name, arr.ndim),
             )
         st.update(value)
+
+    def reduced(self, name: str, ndim: int, size: int, mn: float, mx: float, sum_abs: float,
+                channel_min: np.ndarray | None, channel_max: np.ndarray | None) -> None:
+        """Fold one float array known by its reductions over finite values (see ``ort_engine``).
+
+        Mirrors ``RunningStats.update`` for an array without NaN/inf and without a histogram.
+        """
+        st = self.stats.get(name)
+        if st is None:
+            st = self.stats[name] = RunningStats(
+                averaging_constant=self.averaging_constant, channel_axis=self._axis(name, ndim)
+            )
+        st.updates += 1
+        if size == 0:
+            return
+        st.count += size
+        st.sum_abs += sum_abs
+        st.min = min(st.min, mn)
+        st.max = max(st.max, mx)
+        c = st.averaging_constant
+        if c is not None:
+            st.avg_min = mn if st.avg_min is None else st.avg_min + c * (mn - st.avg_min)
+            st.avg_max = mx if st.avg_max is None else st.avg_max + c * (mx - st.avg_max)
+        if st.channel_axis is None:
+            return
+        if channel_min is None or channel_max is None:
+            raise RuntimeError(f"per-channel reductions of {name!r} were not computed")
+        if st.channel_min is None:
+            st.channel_min, st.channel_max = channel_min, channel_max
+        elif st.channel_min.shape != channel_min.shape:
+            raise ValueError(f"channel count changed between samples on axis {st.channel_axis}: "
+                             f"{st.channel_min.size} -> {channel_min.size}")
+        else:
+            st.channel_min = np.fmin(st.channel_min, channel_min)
+            st.channel_max = np.fmax(st.channel_max, channel_max)
+
+    def _axis(self, name: str, ndim: int) -> int | None:
+        axis = self.channel_axis.get(name) if isinstance(self.channel_axis, Mapping) else self.channel_axis
+        return axis if axis is not None and -ndim <= axis < ndim else None
 
 
 def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, float | None]:
@@ -173,49 +210,6 @@ def _check_methods(methods: Sequence[str], options: Mapping[str, Mapping[str, An
     if len(bins) > 1:
         raise UserError(f"histogram methods asked for different bin counts {sorted(bins)}; use one")
     return (bins.pop() if bins else None), averaging
-
-
-def _run_onnxruntime(model, inv: _Inventory, names: list[str], data, fold: _Folder, progress) -> None:
-    import onnxruntime as ort
-
-    from_feeds = [n for n in names if n in inv.feeds]
-    outputs = [n for n in names if n not in inv.feeds]
-    aug = onnx.ModelProto()
-    aug.CopyFrom(model)
-    present = {o.name for o in aug.graph.output}
-    for name in outputs:
-        if name in present:
-            continue
-        vi = inv.value_infos.get(name)
-        if vi is None:
-            vi = onnx.ValueInfoProto(name=name)
-        aug.graph.output.append(vi)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    providers = ["CPUExecutionProvider"]
-    with tempfile.TemporaryDirectory(prefix="onnxopt-calib-") as tmp:
-        try:
-            size = aug.ByteSize()
-        except Exception:
-            size = _LARGE + 1
-        if size > _LARGE:
-            path = os.path.join(tmp, "augmented.onnx")
-            onnx.save_model(aug, path, save_as_external_data=True, location="augmented.onnx.data")
-            del aug
-            sess = ort.InferenceSession(path, so, providers=providers)
-        else:
-            blob = aug.SerializeToString()
-            del aug
-            sess = ort.InferenceSession(blob, so, providers=providers)
-            del blob
-        for feed in _progress(data, progress, "calibrating (onnxruntime)"):
-            for name in from_feeds:
-                fold(name, feed[name])
-            if outputs:
-                values = sess.run(outputs, feed)
-                for name, value in zip(outputs, values, strict=True):
-                    fold(name, value)
-                del values
 
 
 def _run_reference(interp, names: list[str], data, fold: _Folder, progress) -> None:
@@ -291,7 +285,8 @@ def calibrate_many(
     if interp is not None:
         _run_reference(interp, names, data, fold, progress)
     else:
-        _run_onnxruntime(model, inv, names, data, fold, progress)
+        ort_engine.run(model, inv.feeds, inv.value_infos, inv.types, names, data, fold,
+                       lambda d: _progress(d, progress, "calibrating (onnxruntime)"), channel_axis, bins is not None)
 
     if explicit:
         missing = [n for n in names if n not in fold.stats]

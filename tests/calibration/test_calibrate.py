@@ -188,3 +188,107 @@ def test_memory_does_not_grow_with_samples():
         tracemalloc.stop()
     assert peaks[20] > 4 * 64 * 4096  # it did see the big intermediates
     assert peaks[200] <= 1.2 * peaks[20], peaks
+
+
+# -- graph-side reductions (ort_engine.GRAPH_REDUCTIONS) against fetching whole tensors ----------------------
+
+
+def _both_paths(monkeypatch, model, feeds, tensors=None, **kw):
+    import importlib
+
+    from onnxopt.calibration import ort_engine
+
+    calibrate_module = importlib.import_module("onnxopt.calibration.calibrate")
+    reduced_names = []
+    real = calibrate_module._Folder.reduced
+
+    def spy(self, name, *args):
+        reduced_names.append(name)
+        return real(self, name, *args)
+
+    monkeypatch.setattr(calibrate_module._Folder, "reduced", spy)
+    out = {}
+    for flag in (True, False):
+        monkeypatch.setattr(ort_engine, "GRAPH_REDUCTIONS", flag)
+        out[flag] = calibrate_many(model, feeds, tensors, ["minmax"], engine="onnxruntime", progress=False, **kw)
+    return out[True]["minmax"], out[False]["minmax"], set(reduced_names)
+
+
+def _assert_same(reduced, whole):
+    assert list(reduced) == list(whole)
+    for name in whole:
+        a, b = reduced[name].as_dict(), whole[name].as_dict()
+        ma, mb = a.pop("mean_abs"), b.pop("mean_abs")
+        assert a == b, name  # min, max, counts, per-channel extremes: exact
+        assert ma == pytest.approx(mb, rel=2e-6, abs=1e-30), name
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "mobilenetv2", "bert", "dynamic", "opset11_constants"])
+def test_graph_reductions_match_whole_tensors_on_zoo(monkeypatch, name):
+    from onnxopt.calibration.calibrate import _Inventory
+    from onnxopt.models import zoo
+
+    m = zoo.build(name)
+    feeds = [zoo.sample_inputs(m, seed=i) for i in range(2)]
+    inv = _Inventory(m)
+    main = [t for t in inv.default_tensors() if t in set(inv.main)]
+    reduced, whole, used = _both_paths(monkeypatch, m, feeds, main, channel_axis=1)
+    _assert_same(reduced, whole)
+    assert len(used) >= len([t for t in main if t not in inv.feeds]) // 2  # the reduced path did run
+
+
+def _mixed_model():
+    """Float rank 3 (dynamic batch), float64 rank 1, float16 rank 3, a float scalar, an empty tensor, int64."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 3])
+    i64 = numpy_helper.from_array
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"]),
+        helper.make_node("Cast", ["a"], ["d"], to=TensorProto.DOUBLE),
+        helper.make_node("ReduceMax", ["d"], ["d1"], axes=[0, 2], keepdims=0),
+        helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
+        helper.make_node("ReduceMean", ["x"], ["s"], keepdims=0),
+        helper.make_node("Slice", ["x", "zero", "zero", "one"], ["e"]),
+        helper.make_node("Shape", ["x"], ["shp"]),
+        helper.make_node("Tanh", ["x"], ["y"]),
+    ]
+    g = helper.make_graph(nodes, "mixed", [x], [y], [i64(np.array([0], np.int64), "zero"),
+                                                    i64(np.array([1], np.int64), "one")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+@pytest.mark.parametrize("averaging", [None, 0.3])
+def test_graph_reductions_dtypes_ranks_empty_and_nonfinite(monkeypatch, averaging):
+    from onnxopt.calibration import ort_engine
+    from onnxopt.calibration.calibrate import _Inventory
+
+    m = _mixed_model()
+    rng = np.random.default_rng(5)
+    feeds = [{"x": (rng.standard_normal((1 + i % 3, 4, 3)) * (i + 1)).astype(np.float32)} for i in range(6)]
+    feeds[2]["x"][0, 1, 2] = np.nan  # the reduced path re-runs such samples whole
+    feeds[4]["x"][1, 0, 0] = np.inf
+    tensors = ["a", "d", "d1", "h", "s", "e", "shp", "y"]
+    reduced, whole, used = _both_paths(monkeypatch, m, feeds, tensors, channel_axis={"a": 1, "h": 2, "d1": 0},
+                                       options={"minmax": {"averaging_constant": averaging}})
+    _assert_same(reduced, whole)
+    assert used == {"a", "d", "h", "s", "e", "y"}  # d1 is rank 1 per-channel, shp is int64: fetched whole
+    assert whole["e"].updates == 6 and whole["e"].count == 0
+    assert whole["a"].nonfinite == 2 and whole["s"].nonfinite == 2 and whole["h"].nonfinite == 2
+    assert whole["h"].channel_min.shape == (3,)
+    # the augmented model is a valid model
+    inv = _Inventory(m)
+    r, f = ort_engine.plan(tensors, inv.types, inv.value_infos, 1, False)
+    aug, _ = ort_engine.augment(m, inv.value_infos, inv.types, f, r, 1)
+    onnx.checker.check_model(aug, full_check=True)
+
+
+def test_graph_reductions_opset18_axes_inputs(monkeypatch):
+    m = _mlp()
+    m.opset_import[0].version = 18
+    onnx.checker.check_model(m, full_check=True)
+    reduced, whole, used = _both_paths(monkeypatch, m, _feeds(), channel_axis=1)
+    _assert_same(reduced, whole)
+    assert used == {"mm", "pre", "act", "y"}
+    assert reduced["act"].channel_max.shape == (16,)
