@@ -237,10 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--prune", type=float, help="fraction of FLOPs to remove by channel pruning")
     o.add_argument("--prune-criterion", default="l1", help="l1, l2, bn, activation, reconstruction")
     o.add_argument("--prune-exclude", nargs="*", help="node names whose channels are never pruned")
-    o.add_argument("--prune-scope", default="layer", choices=["layer", "global"])
-    o.add_argument("--prune-round-to", type=int, default=8, help="kept channel counts are multiples of this")
-    o.add_argument("--prune-min-keep", type=float, default=0.25, help="never keep less than this fraction per layer")
-    o.add_argument("--prune-reconstruct", default="ls", choices=["ls", "bias", "none"],
+    o.add_argument("--prune-scope", choices=["layer", "global"], help="rank channels per layer (default) or globally")
+    o.add_argument("--prune-round-to", type=int,
+                   help="kept channel counts are multiples of this (default 16: onnxruntime's blocked conv kernels)")
+    o.add_argument("--prune-min-keep", type=float, help="never keep less than this fraction per layer (default 0.25)")
+    o.add_argument("--prune-reconstruct", choices=["ls", "bias", "none"],
                    help="re-fit pruned layers from calibration data (least squares), only fold biases, or neither")
     o.add_argument("--int8-min-conv-macs", type=float,
                    help="keep a convolutional model float when its mean MACs per Conv is below this (default 1e6: "
