@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+from tqdm import tqdm
 
 from onnxopt.ir import Model, constant_value, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
@@ -85,7 +86,11 @@ def capture_stats(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], ax
 
 def fidelity(original: onnx.ModelProto, new: onnx.ModelProto, feeds: list[dict[str, np.ndarray]] | None
              ) -> dict[str, float]:
-    """Worst cosine and mean top-1 agreement of ``new`` against ``original`` over the feeds."""
+    """Worst cosine and mean top-1 agreement of ``new`` against ``original`` over the feeds.
+
+    Without calibration feeds it measures on generated inputs and says so in the result (``inputs``).
+    """
+    source = "calibration" if feeds else "generated"
     feeds = feeds or [make_feeds(original, seed=i) for i in range(2)]
     a, b = ort_session(original, optimize=False), ort_session(new, optimize=False)
     names = [o.name for o in a.get_outputs()]
@@ -97,7 +102,7 @@ def fidelity(original: onnx.ModelProto, new: onnx.ModelProto, feeds: list[dict[s
             cos.append(d.cosine)
             if d.top1_agree is not None:
                 top.append(d.top1_agree)
-    out = {"cosine_min": round(float(min(cos)), 6)}
+    out = {"inputs": source, "cosine_min": round(float(min(cos)), 6)}
     if top:
         out["top1_agree"] = round(float(np.mean(top)), 4)
     return out
@@ -214,7 +219,7 @@ class ReconstructWeights(Pass):
         todo.sort(key=lambda n: order.get(id(n), 0))  # producers first: each fit sees the re-fitted inputs
         ridge = float(ctx.option("prune_ridge")) if ctx.option("prune_ridge") is not None else None
         done = 0
-        for node in todo:
+        for node in tqdm(todo, desc="reconstruct", unit="layer", disable=not ctx.progress, leave=False):
             self._fit(model, node, targets, state, mode, ridge, ctx.rng)
             done += 1
         report = ctx.cache.get("prune_report")
