@@ -35,6 +35,9 @@ Rules and their sources (checked at the source, not copied from REFERENCE.md):
 - ``trt-high-precision``: LayerNormalization and Softmax are left in higher precision (no Q/DQ on their
   inputs or outputs). TensorRT best practices keep normalization and attention softmax in FP16/FP32;
   REFERENCE.md.
+- ``trt-custom-domain``: every node is a standard ONNX op (default domain). onnx-tensorrt's ``docs/operators.md``
+  lists only ai.onnx ops; anything else reaches the parser's fallback plugin importer, which succeeds only when
+  a TensorRT plugin of that name is registered (onnxruntime contrib ops such as com.microsoft.Gelu are not).
 - ``trt-constant-qparams``: scales and zero points are build-time constants (TensorRT's IQuantizeLayer /
   IDequantizeLayer take their scale as a constant; onnx-tensorrt imports scale from an initializer).
 
@@ -283,9 +286,26 @@ def rule_constant_qparams(model: onnx.ModelProto) -> list[Violation]:
     return constant_qparams(model, "trt-constant-qparams")
 
 
+def rule_custom_domain(model: onnx.ModelProto) -> list[Violation]:
+    found = []
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                found.append(Violation("trt-custom-domain", node.name or node.op_type,
+                                       f"{node.domain}.{node.op_type} is not a standard ONNX op: TensorRT imports it "
+                                       f"only through a plugin registered under that name"))
+            for attr in node.attribute:
+                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    walk(g)
+
+    walk(model.graph)
+    return found
+
+
 RULES = (rule_opset, rule_zero_point, rule_qdq_dtype, rule_integer_ops, rule_weight_range, rule_weight_axis,
          rule_activation_per_tensor, rule_weight_constant, rule_output_qdq, rule_residual_add, rule_concat_scale,
-         rule_high_precision, rule_constant_qparams)
+         rule_high_precision, rule_constant_qparams, rule_custom_domain)
 
 
 def lint(model: onnx.ModelProto) -> list[Violation]:

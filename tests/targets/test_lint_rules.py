@@ -153,6 +153,14 @@ def _weight_from_input() -> onnx.ModelProto:
     return g.model(g.node("Conv", [g.qdq("x"), "w"], pads=[1, 1, 1, 1]))
 
 
+def _contrib_gelu() -> onnx.ModelProto:
+    g = G()
+    model = g.model(g.node("Relu", ["x"]))
+    model.graph.node[0].op_type, model.graph.node[0].domain = "Gelu", "com.microsoft"
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
+
+
 TRT_CASES = {
     "trt-opset": lambda: trt_model(opset=12, w={"per_channel": False}),
     "trt-zero-point": lambda: trt_model(act={"zp": 4}),
@@ -167,6 +175,7 @@ TRT_CASES = {
     "trt-concat-scale": _concat_scales,
     "trt-high-precision": _softmax_qdq,
     "trt-constant-qparams": _scale_from_input,
+    "trt-custom-domain": _contrib_gelu,
 }
 
 
