@@ -192,14 +192,12 @@ def bypass_node(node: gs.Node, graph: gs.Graph, input_index: int = 0, output_ind
     When the output is a graph output its name must survive: the input's producer then writes the output
     tensor directly, which needs the input to be produced by a node in this graph and used nowhere else.
     """
+    reason = bypass_reason(node, graph, input_index, output_index)
+    if reason is not None:
+        return reason
     src, dst = node.inputs[input_index], node.outputs[output_index]
-    if src.dtype is not None and dst.dtype is not None and src.dtype != dst.dtype:
-        return "input and output dtypes differ"
     if any(is_graph_output(dst, g) for g in iter_graphs(graph)):
         prod = producer(src)
-        if (prod is None or len(src.outputs) != 1 or is_graph_output(src, graph) or is_graph_input(src, graph)
-                or not any(n is prod for n in graph.nodes)):
-            return "its output is a graph output and its input cannot take that name"
         prod.outputs[prod.outputs.index(src)] = dst
         node.outputs.clear()
         node.inputs.clear()
