@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,6 +20,7 @@ import onnx
 from onnx import TensorProto
 
 from onnxopt.errors import UserError
+from onnxopt.model_io import save_model
 
 from .zoo_cnn import mobilenetv2, resnet18, small_cnn
 from .zoo_misc import control_flow, dynamic, opset11_constants
@@ -112,21 +111,6 @@ def sample_inputs(model: onnx.ModelProto, seed: int = 0, batch: int = 1, sequenc
     return feeds
 
 
-def save_atomic(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write `model` to `path` through a temp file in the same folder, so a failure leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     """Build one zoo model and save it; prints the output path."""
     parser = argparse.ArgumentParser(prog="python -m onnxopt.models.zoo", description=__doc__.splitlines()[0])
@@ -138,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     model = build(args.name)
     if args.check:
         onnx.checker.check_model(model, full_check=True)
-    out = save_atomic(model, args.output or Path(f"{args.name}.onnx"))
+    out = Path(args.output or f"{args.name}.onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, out)  # atomic: a failure leaves no partial file
     logger.info("built %s: %d nodes, %d initializers", args.name, len(model.graph.node), len(model.graph.initializer))
     print(out)
     return 0

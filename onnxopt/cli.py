@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +110,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from onnxopt.model_io import load_model
-    from onnxopt.verify import compare_outputs, format_diffs, load_feeds, make_feeds, run_model
+    from onnxopt.verify import check_feeds, compare_outputs, format_diffs, load_feeds, make_feeds, run_model
 
     a, b = load_model(args.model_a), load_model(args.model_b)
-    feeds = load_feeds(args.inputs) if args.inputs else make_feeds(a, seed=args.seed)
+    if args.inputs:
+        feeds = check_feeds(a, load_feeds(args.inputs), f"--inputs {args.inputs} do not fit {args.model_a}")
+    else:
+        feeds = make_feeds(a, seed=args.seed)
+    b_inputs = {vi.name for vi in b.graph.input}  # b may have dropped an input a does not use
+    check_feeds(b, {k: v for k, v in feeds.items() if k in b_inputs},
+                f"{args.model_b} does not take the inputs of {args.model_a}")
     try:
         ref = run_model(a, feeds, args.engine)
         got = run_model(b, feeds, args.engine)
@@ -198,8 +205,10 @@ def cmd_golden(args: argparse.Namespace) -> int:
         golden.record(args.model, load_feeds(args.inputs), args.output, engine=args.engine)
         print(args.output)
         return EXIT_OK
-    report = golden.check(args.model, args.golden, engine=args.engine, rtol=args.rtol, atol=args.atol,
-                          per_output=_parse_tolerances(args.tol))
+    with warnings.catch_warnings():  # golden.check also logs its warnings: say them once, without source lines
+        warnings.simplefilter("ignore", UserWarning)
+        report = golden.check(args.model, args.golden, engine=args.engine, rtol=args.rtol, atol=args.atol,
+                              per_output=_parse_tolerances(args.tol))
     print(report.format() if hasattr(report, "format") else report)
     return EXIT_OK if report.ok else EXIT_MISMATCH
 

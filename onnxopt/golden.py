@@ -21,6 +21,7 @@ import numpy as np
 
 from onnxopt import __version__, verify
 from onnxopt.errors import UserError
+from onnxopt.model_io import check_writable, load_model
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,10 @@ def _unpack(arr: np.ndarray, dtype_name: str) -> np.ndarray:
 def record(model_path: str | Path, inputs: Mapping[str, np.ndarray], out_path: str | Path,
            engine: str = "reference") -> dict[str, np.ndarray]:
     """Run the model on ``inputs`` with ``engine`` and write the golden ``.npz`` to ``out_path``; returns outputs."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise UserError(f"model file {model_path} does not exist")
+    model_path, out_path = Path(model_path), Path(out_path)
+    check_writable(out_path)
+    inputs = verify.check_feeds(load_model(model_path, load_external=False), inputs,
+                                f"the inputs do not fit {model_path.name}")
     outputs = run_model(model_path, inputs, engine)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"format": FORMAT, "engine": engine, "onnxopt_version": __version__,
@@ -77,10 +79,15 @@ def record(model_path: str | Path, inputs: Mapping[str, np.ndarray], out_path: s
             arrays[key] = packed
             meta[kind].append({"name": name, "key": key, "dtype": dt})
     arrays["meta"] = np.array(json.dumps(meta))
-    out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(out_path)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(out_path)
+    except OSError as e:
+        raise UserError(f"{out_path}: could not write the golden file ({e.strerror or e}); choose another path"
+                        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("recorded %d outputs of %s with %s into %s", len(outputs), model_path.name, engine, out_path)
     return outputs
 
@@ -188,8 +195,7 @@ def check(model_path: str | Path, golden_path: str | Path, engine: str | None = 
     warns unless ``strict``.
     """
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise UserError(f"model file {model_path} does not exist")
+    proto = load_model(model_path, load_external=False)
     g = load(golden_path)
     engine = engine or g.meta.get("engine", "reference")
     sha = sha256_file(model_path)
@@ -201,7 +207,9 @@ def check(model_path: str | Path, golden_path: str | Path, engine: str | None = 
             raise UserError(msg + "; record the golden again or drop strict")
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
-    outs = run_model(model_path, g.inputs, engine)
+    inputs = verify.check_feeds(proto, g.inputs, f"{golden_path} was recorded from {g.meta.get('model_name')}, "
+                                f"whose inputs do not fit {model_path.name}")
+    outs = run_model(model_path, inputs, engine)
     missing = [n for n in g.outputs if n not in outs]
     if missing:
         raise UserError(f"{model_path.name} has no output(s) {', '.join(missing)} recorded in {golden_path}; "

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper
+from onnx import helper
+
+from onnxopt.model_io import all_tensors
 
 
 def _count_nodes(graph: onnx.GraphProto, counter: Counter) -> None:
@@ -34,7 +36,7 @@ def node_count(model: onnx.ModelProto) -> int:
 
 def parameter_count(model: onnx.ModelProto) -> int:
     total = 0
-    for t in external_data_helper._get_all_tensors(model):
+    for t in all_tensors(model):
         total += int(np.prod(t.dims)) if t.dims else 1
     return total
 
@@ -48,7 +50,7 @@ def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
 
 def summarize(model: onnx.ModelProto, path: str | Path | None = None) -> dict[str, Any]:
     inits = {t.name for t in model.graph.initializer}
-    external = sorted({e.value for t in external_data_helper._get_all_tensors(model) for e in t.external_data
+    external = sorted({e.value for t in all_tensors(model) for e in t.external_data
                        if e.key == "location"})
     return {
         "path": str(path) if path else None,

@@ -29,18 +29,19 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_THRESHOLD = int(1.8 * 2**30)  # leave head-room below the 2 GiB protobuf limit
 
 
-def _all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every TensorProto of the model: initializers, Constant/attribute tensors, in subgraphs and functions."""
     yield from external_data_helper._get_all_tensors(model)
 
 
 def has_external_data(model: onnx.ModelProto) -> bool:
-    return any(external_data_helper.uses_external_data(t) for t in _all_tensors(model))
+    """Whether any tensor of the model (subgraphs included) keeps its data in an external file."""
+    return any(external_data_helper.uses_external_data(t) for t in all_tensors(model))
 
 
 def _check_external_locations(model: onnx.ModelProto, base_dir: Path, name: str) -> None:
     base = base_dir.resolve()
-    for tensor in _all_tensors(model):
+    for tensor in all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}

@@ -18,7 +18,15 @@ from onnxopt.ir import Model
 from onnxopt.model_io import check_writable, load_model, save_model
 from onnxopt.pass_manager import PassContext, PassManager
 from onnxopt.quant_report import open_calibration, quantization_report
-from onnxopt.verify import compare_outputs, format_diffs, load_feeds, make_feeds, make_pass_verifier, run_model
+from onnxopt.verify import (
+    check_feeds,
+    compare_outputs,
+    format_diffs,
+    load_feeds,
+    make_feeds,
+    make_pass_verifier,
+    run_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +106,7 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
 
 def _feeds_for(proto: onnx.ModelProto, options: OptimizeOptions) -> dict[str, np.ndarray] | None:
     if options.inputs:
-        return load_feeds(options.inputs)
+        return check_feeds(proto, load_feeds(options.inputs), f"--inputs {options.inputs}")
     if not (options.verify or options.debug):
         return None
     try:
@@ -115,7 +123,8 @@ def _verify(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict[str, np
         ref = run_model(before, feeds, "onnxruntime", optimize=False)
     except Exception as e:  # e.g. generated inputs too small for the model's padding
         reason = f"the input model does not run on these inputs ({str(e).splitlines()[0][:200]})"
-        log.warning("not verifying: %s; pass representative inputs with --inputs x.npz", reason)
+        log.warning("not verifying: %s; if the generated inputs are the cause, pass representative ones with "
+                    "--inputs x.npz", reason)
         return {"engine": "onnxruntime", "ok": None, "skipped": reason}
     try:
         got = run_model(after, feeds, "onnxruntime", optimize=False)

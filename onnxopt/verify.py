@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from onnxopt.errors import PassError, UserError
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,21 @@ def make_feeds(model: onnx.ModelProto, seed: int = 0, dims: Mapping[str, int] | 
     return feeds
 
 
+def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], origin: str) -> dict[str, np.ndarray]:
+    """``feeds`` checked against the model's graph inputs before anything runs (the interpreter's own check:
+    unknown or missing names, dtype, rank, static dims); a mismatch raises ``UserError`` prefixed by ``origin``."""
+    from onnxopt.interp.feeds import spec_of, validate_feeds
+
+    inits = {t.name for t in model.graph.initializer}
+    specs = [spec_of(vi) for vi in model.graph.input if vi.name not in inits]
+    try:
+        return validate_feeds(feeds, specs, optional=inits)
+    except UserError as e:
+        raise UserError(f"{origin}: {e}") from None
+
+
 def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` keyed by input name (one feed, no sample axis); UserError when unreadable."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such inputs file; give an .npz keyed by input name")
@@ -64,7 +81,9 @@ def load_feeds(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: cannot read inputs ({e}); give an .npz keyed by input name") from None
 
 
-def ort_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = True, threads: int = 1):
+def ort_session(model: onnx.ModelProto | str | os.PathLike, *, optimize: bool = True,
+                threads: int = 1) -> onnxruntime.InferenceSession:
+    """A CPU onnxruntime session (a model too large to pass inline goes through a temporary file)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -208,7 +227,8 @@ def format_diffs(diffs: list[OutputDiff]) -> str:
 
 
 def make_pass_verifier(original: onnx.ModelProto, feeds: Mapping[str, np.ndarray] | None = None,
-                       engine: str = "onnxruntime", rtol: float = 1e-3, atol: float = 1e-4):
+                       engine: str = "onnxruntime", rtol: float = 1e-3, atol: float = 1e-4
+                       ) -> Callable[[onnx.ModelProto, str, bool], dict[str, Any]]:
     """A PassManager instrument: after each changed pass, compare the model's outputs with the original's.
 
     Lossless passes must stay within tolerance, or the run stops with an error naming the pass; lossy passes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,8 @@ def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return m
 
 
-def capture(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], names: list[str]):
+def capture(proto: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], names: list[str]
+            ) -> Iterator[dict[str, np.ndarray]]:
     """Yield, per feed, ``{name: value}`` of the chosen intermediate tensors (onnxruntime; tensors asked for are
     graph outputs, which its graph optimizations keep)."""
     sess = ort_session(_with_outputs(proto, names))

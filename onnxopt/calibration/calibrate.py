@@ -156,7 +156,8 @@ class _Folder:
                 channel_min: np.ndarray | None, channel_max: np.ndarray | None) -> None:
         """Fold one float array known by its reductions over finite values (see ``ort_engine``).
 
-        Mirrors ``RunningStats.update`` for an array without NaN/inf and without a histogram.
+        Folds like ``RunningStats.update`` (same ``fold``/``fold_channels``), for an array without NaN/inf and
+        without a histogram.
         """
         st = self.stats.get(name)
         if st is None:
@@ -166,26 +167,12 @@ class _Folder:
         st.updates += 1
         if size == 0:
             return
-        st.count += size
-        st.sum_abs += sum_abs
-        st.min = min(st.min, mn)
-        st.max = max(st.max, mx)
-        c = st.averaging_constant
-        if c is not None:
-            st.avg_min = mn if st.avg_min is None else st.avg_min + c * (mn - st.avg_min)
-            st.avg_max = mx if st.avg_max is None else st.avg_max + c * (mx - st.avg_max)
+        st.fold(size, sum_abs, mn, mx)
         if st.channel_axis is None:
             return
         if channel_min is None or channel_max is None:
             raise RuntimeError(f"per-channel reductions of {name!r} were not computed")
-        if st.channel_min is None:
-            st.channel_min, st.channel_max = channel_min, channel_max
-        elif st.channel_min.shape != channel_min.shape:
-            raise ValueError(f"channel count changed between samples on axis {st.channel_axis}: "
-                             f"{st.channel_min.size} -> {channel_min.size}")
-        else:
-            st.channel_min = np.fmin(st.channel_min, channel_min)
-            st.channel_max = np.fmax(st.channel_max, channel_max)
+        st.fold_channels(channel_min, channel_max)
 
     def _axis(self, name: str, ndim: int) -> int | None:
         axis = self.channel_axis.get(name) if isinstance(self.channel_axis, Mapping) else self.channel_axis

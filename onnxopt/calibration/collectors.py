@@ -125,18 +125,36 @@ class RunningStats:
         finite = flat.size - bad
         if finite == 0:
             return
-        self.count += finite
-        self.sum_abs += sabs
+        self.fold(finite, sabs, mn, mx)
+        if self.channel_axis is not None:
+            self._update_channels(np.asarray(x))
+        if self.hist is not None:
+            self.hist.update(flat, max(abs(mn), abs(mx)), bad > 0)
+
+    def fold(self, count: int, sum_abs: float, mn: float, mx: float) -> None:
+        """Fold the reductions of ``count`` (> 0) finite values: extremes, counts, mean |x| and the EMA.
+
+        ``update`` calls it after reducing an array; the onnxruntime engine, which reduces on the device side,
+        calls it directly (``updates`` is the caller's to count)."""
+        self.count += count
+        self.sum_abs += sum_abs
         self.min = min(self.min, mn)
         self.max = max(self.max, mx)
         c = self.averaging_constant
         if c is not None:
             self.avg_min = mn if self.avg_min is None else self.avg_min + c * (mn - self.avg_min)
             self.avg_max = mx if self.avg_max is None else self.avg_max + c * (mx - self.avg_max)
-        if self.channel_axis is not None:
-            self._update_channels(np.asarray(x))
-        if self.hist is not None:
-            self.hist.update(flat, max(abs(mn), abs(mx)), bad > 0)
+
+    def fold_channels(self, cmin: np.ndarray, cmax: np.ndarray) -> None:
+        """Fold per-channel extremes (NaN where a channel had no finite value) into the running ones."""
+        if self.channel_min is None:
+            self.channel_min, self.channel_max = cmin, cmax
+        elif self.channel_min.shape != cmin.shape:
+            raise ValueError(f"channel count changed between samples on axis {self.channel_axis}: "
+                             f"{self.channel_min.size} -> {cmin.size}")
+        else:
+            self.channel_min = np.fmin(self.channel_min, cmin)
+            self.channel_max = np.fmax(self.channel_max, cmax)
 
     def _update_channels(self, x: np.ndarray) -> None:
         axis = self.channel_axis
@@ -146,15 +164,7 @@ class RunningStats:
         per = np.where(np.isfinite(per), per, np.nan)
         cmin = np.nanmin(per, axis=1) if per.shape[1] else np.full(per.shape[0], np.nan)
         cmax = np.nanmax(per, axis=1) if per.shape[1] else np.full(per.shape[0], np.nan)
-        if self.channel_min is None:
-            self.channel_min, self.channel_max = cmin, cmax
-        elif self.channel_min.shape != cmin.shape:
-            raise ValueError(
-                f"channel count changed between samples on axis {axis}: {self.channel_min.size} -> {cmin.size}"
-            )
-        else:
-            self.channel_min = np.fmin(self.channel_min, cmin)
-            self.channel_max = np.fmax(self.channel_max, cmax)
+        self.fold_channels(cmin, cmax)
 
     # -- results -----------------------------------------------------------------------------------
     def _base(self, method: str, low: float, high: float, threshold: float) -> TensorRange:
