@@ -22,6 +22,7 @@ they mean per method:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -162,8 +163,10 @@ class RunningStats:
             raise ValueError(f"channel axis {axis} is out of range for a tensor of shape {list(x.shape)}")
         per = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1).astype(np.float64)
         per = np.where(np.isfinite(per), per, np.nan)
-        cmin = np.nanmin(per, axis=1) if per.shape[1] else np.full(per.shape[0], np.nan)
-        cmax = np.nanmax(per, axis=1) if per.shape[1] else np.full(per.shape[0], np.nan)
+        with warnings.catch_warnings():  # a channel with no finite value stays NaN; fold_channels skips it
+            warnings.simplefilter("ignore", RuntimeWarning)
+            cmin = np.nanmin(per, axis=1) if per.shape[1] else np.full(per.shape[0], np.nan)
+            cmax = np.nanmax(per, axis=1) if per.shape[1] else np.full(per.shape[0], np.nan)
         self.fold_channels(cmin, cmax)
 
     # -- results -----------------------------------------------------------------------------------
