@@ -15,13 +15,17 @@ Rewrites (every graph, If/Loop/Scan bodies included):
   (their output gets Q/DQ only when a quantized op reads it); Relu/Clip right after a quantized op (its only
   consumer) use the range of the activation's output for the op's output as well, so onnxruntime drops the
   activation and fuses;
+- ``scheme.residual_skip_only`` (TensorRT): on a residual Add whose two inputs both come from weighted ops (a
+  ResNet downsample block), the shortcut input (``quant_regions.residual_shortcut``) gets Q/DQ even when the Add
+  itself stays float, so the target can leave the main branch float and fuse its Conv with the Add;
 - ranges come from ``ctx.calibration`` (method ``ctx.option("calib_method")``; ``activation_ranges``).
 
 Which ops: ``scheme.op_types`` minus ``options["exclude_ops"]``/``scheme.exclude_nodes``/
 ``options["exclude_nodes"]`` minus what ``onnxopt.analysis.quant_regions`` keeps float (normalizations
 as elementary ops, GELU around Erf, ``scheme.keep_float`` unless ``op_types`` lists it, Concats of very
-different ranges, by ``options["concat_range_factor"]``, default 16, a recurrent state's path from graph
-input to graph output: that output stays float, its quantized readers read a Q/DQ copy).
+different ranges, by ``options["concat_range_factor"]``, default 16, an op that would quantize a long-tailed
+tensor (span over ``options["long_tail_factor"]`` x mean |x|, default 128, 0 turns it off), a recurrent state's
+path from graph input to graph output: that output stays float, its quantized readers read a Q/DQ copy).
 
 Declines (each logged in ctx.declines): no calibration data (whole model); a model whose convolutions are
 too small for int8 to pay off (whole model: mean MACs per Conv at the calibration sizes below
@@ -47,8 +51,11 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.analysis.quant_regions import (
     DEFAULT_CONCAT_FACTOR,
+    DEFAULT_LONG_TAIL_FACTOR,
     float_regions,
+    long_tailed_tensors,
     recurrent_state_regions,
+    residual_shortcut,
     wide_range_concats,
 )
 from onnxopt.ir import Model, constant_value, iter_graphs, producer
@@ -168,10 +175,17 @@ class QuantizeStatic(Pass):
         known = {t.name for t in model.graph.inputs} | {o.name for g in graphs for n in g.nodes for o in n.outputs}
         concat_inputs = {t.name for g in graphs for n in g.nodes if n.op == "Concat" for t in n.inputs}
         names = sorted(({t for p in plans for t in p["tensors"]} | concat_inputs) & known)
-        ranges = {k: (v.threshold_low, v.threshold_high) for k, v in activation_ranges(model, ctx, names).items()}
+        stats = activation_ranges(model, ctx, names)
+        ranges = {k: (v.threshold_low, v.threshold_high) for k, v in stats.items()}
         factor = float(ctx.option("concat_range_factor", DEFAULT_CONCAT_FACTOR))
+        long_tail = long_tailed_tensors(stats, float(ctx.option("long_tail_factor", DEFAULT_LONG_TAIL_FACTOR)))
         for g in graphs:
             extra_float.update(wide_range_concats(g, ranges, factor))
+            for node in g.nodes:
+                if node.op in ACTIVATION_INPUTS and node.op in scheme.op_types and id(node) not in extra_float:
+                    hit = next((t.name for t in self._activations(node, scheme) if t.name in long_tail), None)
+                    if hit is not None:
+                        extra_float[id(node)] = long_tail[hit]
         stats: dict[str, int] = {}
         params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
         writer = QDQWriter(ctx, self.name, _Names(model.graph), stats, params, model.opset)
@@ -260,6 +274,12 @@ class QuantizeStatic(Pass):
                     add(t)
             if scheme.quantize_outputs or node.op in SAME_SCALE:
                 add(node.outputs[0])
+        if scheme.residual_skip_only and "Add" in scheme.op_types and "Add" not in excl_ops:
+            for node in graph.nodes:  # two weighted-op branches: the shortcut gets Q/DQ even if the Add stays float
+                if node.op == "Add" and id(node) not in regions and node.name not in excl_nodes:
+                    s = residual_shortcut(node)
+                    if s is not None and (ranges is None or node.inputs[s].name in ranges):
+                        add(node.inputs[s])
         for node in qnodes:  # scale sharing among quantized ops
             out = node.outputs[0].name
             if out not in tensors:

@@ -10,7 +10,10 @@ Lowering (after the quantizer; each rewrite is sound on any Q/DQ graph, it only 
 coarsens a scale):
 
 - ``TrtRemoveOutputQdq``: a Q/DQ pair on a weighted op's output is bypassed for every reader that is not a
-  weighted op's data input (residual Adds included: the conv branch goes float, the skip keeps its Q/DQ);
+  weighted op's data input (residual Adds included: the conv branch goes float, the skip keeps its Q/DQ), except
+  on a residual Add whose two inputs both come from weighted ops (a ResNet downsample block: main-branch Conv and
+  1x1 shortcut Conv): there the shortcut (``residual_shortcut``: the shorter path from the two convs' lowest
+  common ancestor) keeps its Q/DQ so that the main-branch Conv fuses with the Add;
 - ``TrtKeepHighPrecision``: Q/DQ pairs around LayerNormalization and Softmax are bypassed;
 - ``TrtShareConcatScale``: the Q/DQ pairs feeding one Concat get the largest of their scales;
 - ``TrtNarrowWeights``: int8 weights at -128 become -127;
@@ -34,6 +37,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.analysis.quant_regions import residual_shortcut
 from onnxopt.errors import UserError
 from onnxopt.ir import Model, constant_value, iter_graphs, producer
 from onnxopt.pass_manager import FixedPoint, Pass, PassContext, PassResult, register_pass
@@ -70,13 +74,19 @@ def _detach_output(dq: gs.Node, graph: gs.Graph, new: gs.Tensor) -> None:
 
 @register_pass
 class TrtRemoveOutputQdq(Pass):
-    """Bypass Q/DQ on weighted-op outputs for readers that are not weighted-op data inputs (TensorRT)."""
+    """Bypass Q/DQ on weighted-op outputs for readers that are not weighted-op data inputs (TensorRT), except on the
+    shortcut input of a residual Add whose both inputs are weighted-op outputs (see ``residual_shortcut``)."""
 
     lossless = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         count = 0
         for graph in list(iter_graphs(model.graph)):
+            keep: set[tuple[int, int]] = set()  # (id(Add), id(its shortcut input)) whose Q/DQ stays
+            for add in [n for n in graph.nodes if n.op == "Add"]:
+                s = residual_shortcut(add)
+                if s is not None:
+                    keep.add((id(add), id(add.inputs[s])))
             for q in [n for n in graph.nodes if n.op == "QuantizeLinear"]:
                 src = producer(q.inputs[0])
                 if src is None or src.op not in WEIGHTED:
@@ -85,6 +95,8 @@ class TrtRemoveOutputQdq(Pass):
                     out = dq.outputs[0]
                     for reader in list(out.outputs):
                         if reader.op in WEIGHTED and reader.inputs and reader.inputs[0] is out:
+                            continue
+                        if (id(reader), id(out)) in keep:
                             continue
                         _rewire(reader, out, q.inputs[0])
                         count += 1
@@ -278,4 +290,4 @@ def trtexec_command(model_path: str | Path, shapes: str | None = None) -> str:
 
 
 __all__ = ["TensorRT", "TrtKeepHighPrecision", "TrtNarrowWeights", "TrtRemoveOutputQdq", "TrtShareConcatScale",
-           "ConvertFloatToFp16", "trtexec_command"]
+           "ConvertFloatToFp16", "residual_shortcut", "trtexec_command"]

@@ -29,7 +29,19 @@ Rules and their sources (checked at the source, not copied from REFERENCE.md):
   do not quantize their outputs by default).
 - ``trt-residual-add``: on a residual Add, Q/DQ on the skip input only, never on the branch a weighted op
   produced, so Conv+Add fuses (same section: "quantize the residual input in ResNet-like models"; its
-  figures show Q/DQ on the identity branch only).
+  figures show Q/DQ on the identity branch only). Exactly: an Add with two inputs of which at least one comes
+  from a weighted op (directly or behind its Q/DQ) is flagged when (a) both inputs carry Q/DQ; (b) only a
+  weighted-op input carries Q/DQ while the other input does not come from a weighted op; (c) neither input
+  carries Q/DQ while one comes straight from a Conv/ConvTranspose and the other is a floating-point activation
+  (not a constant) that could carry one: TensorRT fuses Conv+Add into an int8 kernel only when the Add's other
+  input is quantized; a float skip leaves the Add (and the Conv output) in float. When both inputs are
+  convolutions (a ResNet downsample block), the shortcut - the shorter path from the two convs' lowest common
+  ancestor, the 1x1 downsample conv - is the one to quantize (NVIDIA TensorRT Model Optimizer,
+  ``modelopt.onnx.quantization.graph_utils.build_non_residual_input_map``: "Input in the longest path to LCA is
+  the non-residual input", which stays unquantized; TensorFlow quantization toolkit, "Add Custom QDQ Insertion
+  Case" / ``ResNetV1QDQCase``: Q/DQ on the residual connection of the Add). Transformer residual Adds
+  (MatMul/Gemm branches) are not held to (c): TensorRT fuses those in its own MHA/FFN kernels and keeping them
+  float is measured to keep fidelity.
 - ``trt-concat-scale``: the dequantized inputs of a Concat share one scale (TensorRT guide: Q/DQ are
   propagated across Concat; inputs with different scales cannot be fused into one int8 concatenation).
 - ``trt-high-precision``: LayerNormalization and Softmax are left in higher precision (no Q/DQ on their
@@ -74,6 +86,7 @@ INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulI
                          "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
 HIGH_PRECISION_OPS = frozenset({"LayerNormalization", "Softmax"})
 ALLOWED_DTYPES = frozenset({"int8", "float8e4m3fn"})
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, None})
 
 
 def rule_opset(model: onnx.ModelProto) -> list[Violation]:
@@ -220,21 +233,34 @@ def rule_output_qdq(model: onnx.ModelProto) -> list[Violation]:
 
 
 def rule_residual_add(model: onnx.ModelProto) -> list[Violation]:
-    """Both inputs of an Add quantized while one comes from a weighted op (no Conv+Add fusion possible), or only
-    the weighted-op branch quantized while the skip is not a weighted op's output."""
+    """Both inputs of an Add quantized while one comes from a weighted op (no Conv+Add fusion possible); only the
+    weighted-op branch quantized while the skip is not a weighted op's output; or neither quantized while one is a
+    Conv output and the other a float activation (see the module docstring, ``trt-residual-add``)."""
     out = []
     for view in iter_views(model):
         for node in view.nodes:
             if node.op_type != "Add" or len(node.input) != 2:
                 continue
-            quantized, weighted = [], []
+            quantized, weighted, conv = [], [], []
             for name in node.input:
                 dq = dq_feeding(name, view)
                 q = q_behind(dq, view) if dq is not None else None
                 src = view.producer(q.node.input[0]) if q is not None else view.producer(name)
                 quantized.append(dq is not None)
                 weighted.append(src is not None and src.op_type in WEIGHTED_OPS)
+                conv.append(dq is None and src is not None and src.op_type in ("Conv", "ConvTranspose")
+                            and src.domain in DEFAULT_DOMAINS)
             if not any(weighted):
+                continue
+            if not any(quantized) and any(conv):
+                i = conv.index(True)
+                other = node.input[1 - i]
+                if view.constant(other) is None and view.elem_type(other) in _FLOAT_TYPES:
+                    what = ("the shortcut conv (the shorter path from the convs' common input)" if weighted[1 - i]
+                            else "the skip input")
+                    out.append(Violation("trt-residual-add", node_label(node, view),
+                                         f"neither input carries Q/DQ; quantize {what} so the Conv on input {i} "
+                                         "fuses with the Add"))
                 continue
             if all(quantized):
                 i = weighted.index(True)

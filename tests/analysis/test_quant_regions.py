@@ -197,3 +197,16 @@ def test_no_recurrent_state_without_a_second_input_feeding_it():
                      [_w("w", 8, 8)])
     assert recurrent_state_regions(gs.import_onnx(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))) == {}
     assert recurrent_state_regions(gs.import_onnx(_recurrent_model())) != {}
+
+
+def test_long_tailed_tensors_by_span_over_mean_abs():
+    from types import SimpleNamespace as S
+
+    from onnxopt.analysis.quant_regions import long_tailed_tensors
+
+    stats = {"gelu": S(min=-0.17, max=24.18, mean_abs=0.129), "relu": S(min=0.0, max=6.0, mean_abs=0.3),
+             "dead": S(min=0.0, max=0.0, mean_abs=0.0)}
+    found = long_tailed_tensors(stats)
+    assert set(found) == {"gelu"} and "189x its mean |x|" in found["gelu"]
+    assert long_tailed_tensors(stats, 0) == {}
+    assert set(long_tailed_tensors(stats, 10)) == {"gelu", "relu"}

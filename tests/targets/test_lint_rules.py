@@ -188,6 +188,56 @@ def test_tensorrt_skip_only_residual_is_clean():
     assert rules("tensorrt", _residual(False)) == set()
 
 
+def _residual_float_skip() -> onnx.ModelProto:
+    """Identity block with nothing quantized on the Add: Conv output + float skip (the network input)."""
+    g = G()
+    y = g.node("Conv", [g.qdq("x"), g.weight(shape=(4, 4, 3, 3))], pads=[1, 1, 1, 1])
+    return g.model(g.node("Add", [y, "x"]))
+
+
+def _downsample_both_float() -> onnx.ModelProto:
+    """Downsample block (3x3 main conv, 1x1 shortcut conv on the same input), neither Add input quantized."""
+    g = G()
+    x = g.qdq("x")
+    y = g.node("Conv", [x, g.weight()], pads=[1, 1, 1, 1])
+    s = g.node("Conv", [x, g.weight(shape=(8, 4, 1, 1))])
+    return g.model(g.node("Add", [y, s]))
+
+
+@pytest.mark.parametrize("build", [_residual_float_skip, _downsample_both_float])
+def test_tensorrt_residual_add_with_no_quantized_input_is_flagged(build):
+    found = get_target("tensorrt").lint(build())
+    assert {v.rule for v in found} == {"trt-residual-add"} and len(found) == 1
+    assert "neither input" in found[0].message
+
+
+def test_tensorrt_residual_add_with_constant_or_transformer_branch_is_clean():
+    g = G()  # Conv + constant bias: not a residual
+    y = g.node("Conv", [g.qdq("x"), g.weight(shape=(4, 4, 3, 3))], pads=[1, 1, 1, 1])
+    assert rules("tensorrt", g.model(g.node("Add", [y, g.const(np.ones((1, 4, 1, 1), np.float32))]))) == set()
+    g = G()  # MatMul branch + float skip (a transformer residual): not held to the Conv rule
+    m = g.node("MatMul", [g.qdq("x"), g.weight(shape=(8, 8), axis=1)])
+    assert rules("tensorrt", g.model(g.node("Add", [m, "x"]))) == set()
+
+
+def test_residual_shortcut_picks_the_1x1_downsample_conv():
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.analysis.quant_regions import residual_shortcut
+
+    for swap in (False, True):
+        m = _downsample_both_float()
+        add = m.graph.node[-1]
+        if swap:
+            add.input[0], add.input[1] = add.input[1], add.input[0]
+        graph = gs.import_onnx(m)
+        node = next(n for n in graph.nodes if n.op == "Add")
+        s = residual_shortcut(node)
+        assert s is not None
+        conv = node.inputs[s].inputs[0]
+        assert conv.op == "Conv" and conv.inputs[1].inputs[0].inputs[0].values.shape[2:] == (1, 1)
+
+
 # ---- arm ---------------------------------------------------------------------------------------------------------
 
 def _arm_avgpool_int8() -> onnx.ModelProto:

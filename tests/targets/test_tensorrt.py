@@ -68,3 +68,41 @@ def test_trtexec_command():
     cmd = trtexec_command("/tmp/m.onnx", shapes="x:1x3x224x224")
     assert cmd.startswith("trtexec --onnx=/tmp/m.onnx --saveEngine=/tmp/m.engine --stronglyTyped")
     assert "--shapes=x:1x3x224x224" in cmd
+
+
+@pytest.mark.slow
+def test_tensorrt_resnet18_residual_adds_quantize_one_input():
+    """Every residual Add: exactly one input carries Q/DQ (identity blocks: the skip; downsample blocks: the 1x1
+    shortcut conv), the other comes straight from the main-branch Conv; lint clean; cosine >= 0.99 vs FP32."""
+    from onnxopt.pass_manager import PassContext
+    from onnxopt.targets.qdq_lint import dq_feeding, iter_views, q_behind
+    from onnxopt.verify import run_model
+    from tests.differential import apply_passes
+    from tests.targets.test_x86 import cosine, model_and_data
+
+    model, calib, feeds = model_and_data("resnet18")
+    t = get_target("tensorrt")
+    ctx = PassContext(target=t.name, options={"quantize": "static"}, calibration=calib)
+    out, _ = apply_passes(model, t.pipeline(ctx.options), ctx)
+    assert t.lint(out) == []
+    onnx.checker.check_model(out, full_check=True)
+    view = next(iter_views(out))
+    adds = [n for n in view.nodes if n.op_type == "Add" and all(view.constant(i) is None for i in n.input)]
+    assert len(adds) == 8
+    downsample = 0
+    for add in adds:
+        dqs = [dq_feeding(i, view) for i in add.input]
+        assert sum(d is not None for d in dqs) == 1, add.name
+        main = add.input[[d is None for d in dqs].index(True)]
+        assert view.producer(main).op_type == "Conv"
+        src = view.producer(q_behind(next(d for d in dqs if d is not None), view).node.input[0])
+        if src.op_type == "Conv":  # downsample block: the quantized branch is the 1x1 shortcut
+            downsample += 1
+            w = view.constant(view.producer(src.input[1]).input[0])
+            assert w.shape[2:] == (1, 1)
+    assert downsample == 3
+    for feed in feeds:
+        ref = run_model(model, feed, "onnxruntime", optimize=False)
+        got = run_model(out, feed, "onnxruntime", optimize=False)
+        for k in ref:
+            assert cosine(ref[k], got[k]) >= 0.99
