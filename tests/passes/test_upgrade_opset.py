@@ -101,7 +101,7 @@ def test_unreachable_opset_names_the_op():
 
 
 def test_zoo_opset11_model():
-    zoo = pytest.importorskip("onnxopt.models.zoo", reason="model zoo not importable yet")
+    from onnxopt.models import zoo
     before = zoo.build("opset11_constants")
     after, _ = apply_passes(before, [UpgradeOpset()])
     assert _opsets(after)[""] == 13
