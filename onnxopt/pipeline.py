@@ -60,9 +60,10 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
     from onnxopt.targets import get_target
 
     target = get_target(options.target)
-    ctx = PassContext(target=target.name, options=options.pass_options(), progress=options.progress)
+    ctx = PassContext(target=target.name, options={**target.default_options(), **options.pass_options()},
+                      progress=options.progress)
     held = open_calibration(proto, ctx)  # options["calibration"] -> ctx.calibration, held-back samples
-    feeds = _feeds_for(proto, options)
+    feeds = _feeds_for(proto, options, held, ctx.calibration)
     verifier = None
     if options.debug and feeds is not None:
         verifier = make_pass_verifier(proto, feeds, engine=options.debug_engine, rtol=options.rtol, atol=options.atol)
@@ -96,19 +97,26 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions) -> tuple[on
     quant = quantization_report(proto, out, ctx, held)
     if quant is not None:
         report["quantization"] = quant
-    for key in ("prune_report", "sparsity_report"):
+    for key, name in (("prune_report", "prune"), ("sparsity_report", "sparsity"), ("speed_check", "speed_check")):
         if key in ctx.cache:
-            report[key.replace("_report", "")] = ctx.cache[key]
+            report[name] = ctx.cache[key]
     if options.verify and feeds is not None:
         report["verify"] = _verify(proto, out, feeds, options, lossy=manager_report.lossy_changes)
     return out, report
 
 
-def _feeds_for(proto: onnx.ModelProto, options: OptimizeOptions) -> dict[str, np.ndarray] | None:
+def _feeds_for(proto: onnx.ModelProto, options: OptimizeOptions, held, calibration
+               ) -> dict[str, np.ndarray] | None:
+    """What verification runs on: ``--inputs``, else a real sample (held back from calibration when there is
+    one), else generated inputs. Quantized models must be judged on data like the calibration data: on random
+    inputs their error says little about their error in use."""
     if options.inputs:
         return check_feeds(proto, load_feeds(options.inputs), f"--inputs {options.inputs}")
     if not (options.verify or options.debug):
         return None
+    for data in (held, calibration):
+        if data is not None and getattr(data, "reiterable", False):
+            return next(iter(data))
     try:
         return make_feeds(proto)
     except UserError as e:

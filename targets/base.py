@@ -35,6 +35,8 @@ class Target:
     description: ClassVar[str] = ""
     scheme: ClassVar[QuantScheme | None] = None
     min_opset: ClassVar[int] = 13
+    # whether this machine's CPU can stand in for the target when timing int8 against float (quantize auto)
+    measure_on_host: ClassVar[bool] = False
 
     def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
         from onnxopt.passes.canonicalize import canonicalize
@@ -42,12 +44,16 @@ class Target:
         from .recipe_prune import prune_steps
         from .recipe_quantize import quantize_steps
 
-        options = {"min_opset": self.min_opset, **options}
+        options = {**self.default_options(), **options}
         steps: list[Pass | FixedPoint] = list(canonicalize(options))
         steps += prune_steps(options)
         steps += quantize_steps(self.scheme, options)
         steps += self.lowering(options)
         return steps
+
+    def default_options(self) -> dict[str, Any]:
+        """Options this target sets unless the user does: the opset it needs, whether to time int8 here."""
+        return {"min_opset": self.min_opset, "speed_check": self.measure_on_host}
 
     def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
         """Target-specific rewrites after quantization (none by default)."""
