@@ -54,7 +54,7 @@ def test_measure_on_host_per_target():
 
 
 def test_median_latencies_are_measured_per_model():
-    small, big = build("small_cnn"), build("resnet18")
-    feed = sample_inputs(small)
-    small_ms, big_ms = recipe_quantize.median_latencies_ms([small, big], {**feed, **sample_inputs(big)}, rounds=3)
-    assert 0 < small_ms < big_ms  # ResNet-18 at 224x224 does ~1000x the work of the 32x32 small CNN
+    model = build("small_cnn")
+    a_ms, b_ms = recipe_quantize.median_latencies_ms([model, model], sample_inputs(model), rounds=5)
+    assert a_ms > 0 and b_ms > 0
+    assert 1 / 5 < a_ms / b_ms < 5  # the same model, interleaved: the two medians agree
