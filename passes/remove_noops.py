@@ -78,14 +78,22 @@ def _check_cast_like(node, graph, ctx):
     return bypass_reason(node, graph)
 
 
-def _check_reshape(node, graph, ctx):
+def _target_and_input_shapes(node: gs.Node) -> tuple[list[int], list] | str:
+    """(constant target shape, input shape) of a Reshape/Expand, or the reason they are not known."""
     shape = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if shape is None:
         return "target shape is not a constant"
-    shape = _int_list(shape)
     in_shape = shape_of(node.inputs[0])
     if in_shape is None:
         return "input rank unknown"
+    return _int_list(shape), in_shape
+
+
+def _check_reshape(node, graph, ctx):
+    shapes = _target_and_input_shapes(node)
+    if isinstance(shapes, str):
+        return shapes
+    shape, in_shape = shapes
     if len(shape) != len(in_shape):
         return "changes the rank"
     allowzero = node.attrs.get("allowzero", 0)
@@ -169,13 +177,10 @@ def _check_slice(node, graph, ctx):
 
 
 def _check_expand(node, graph, ctx):
-    shape = constant_value(node.inputs[1])
-    if shape is None:
-        return "target shape is not a constant"
-    shape = _int_list(shape)
-    in_shape = shape_of(node.inputs[0])
-    if in_shape is None:
-        return "input rank unknown"
+    shapes = _target_and_input_shapes(node)
+    if isinstance(shapes, str):
+        return shapes
+    shape, in_shape = shapes
     if len(shape) > len(in_shape):
         return "adds dims"
     for want, have in zip(reversed(shape), reversed(in_shape), strict=False):

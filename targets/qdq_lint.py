@@ -124,8 +124,7 @@ def iter_views(model: onnx.ModelProto) -> Iterator[GraphView]:
         yield view
         for node in graph.node:
             for a in node.attribute:
-                subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-                for sub in subs:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs):
                     yield from walk(sub, view, f"{where}{node.name or node.op_type}.{a.name}/")
 
     yield from walk(model.graph, None, "")

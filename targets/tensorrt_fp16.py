@@ -23,6 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.ir import Model
+from onnxopt.model_io import iter_graph_protos, subgraph_protos
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -43,20 +44,8 @@ F16_MAX = 65504.0
 
 
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-
-    def walk(g: onnx.GraphProto) -> None:
-        for n in g.node:
-            names.update(n.input)
-            for a in n.attribute:
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    walk(sub)
-
-    for node in graph.node:
-        for a in node.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                walk(sub)
-    return names
+    return {name for node in graph.node for sub in subgraph_protos(node) for g in iter_graph_protos(sub)
+            for n in g.node for name in n.input}
 
 
 def convert_to_fp16(model: onnx.ModelProto, decline=None) -> tuple[onnx.ModelProto, int]:

@@ -313,20 +313,10 @@ def rule_constant_qparams(model: onnx.ModelProto) -> list[Violation]:
 
 
 def rule_custom_domain(model: onnx.ModelProto) -> list[Violation]:
-    found = []
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            if node.domain not in ("", "ai.onnx"):
-                found.append(Violation("trt-custom-domain", node.name or node.op_type,
-                                       f"{node.domain}.{node.op_type} is not a standard ONNX op: TensorRT imports it "
-                                       f"only through a plugin registered under that name"))
-            for attr in node.attribute:
-                for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    walk(g)
-
-    walk(model.graph)
-    return found
+    return [Violation("trt-custom-domain", node_label(node, view),
+                      f"{node.domain}.{node.op_type} is not a standard ONNX op: TensorRT imports it only through a "
+                      f"plugin registered under that name")
+            for view in iter_views(model) for node in view.nodes if node.domain not in ("", "ai.onnx")]
 
 
 RULES = (rule_opset, rule_zero_point, rule_qdq_dtype, rule_integer_ops, rule_weight_range, rule_weight_axis,

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from onnxopt.ir import Model
+from onnxopt.model_io import iter_graph_protos
 from onnxopt.pass_manager import FixedPoint, Pass, PassContext, PassManager
 from onnxopt.verify import compare_outputs, format_diffs, make_feeds, run_model
 
@@ -33,17 +34,5 @@ def assert_equivalent(before: onnx.ModelProto, after: onnx.ModelProto, feeds: Ma
 
 def op_types(proto: onnx.ModelProto, recurse: bool = True) -> list[str]:
     """Op types of every node, subgraphs included."""
-    found = []
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for node in graph.node:
-            found.append(node.op_type)
-            if recurse:
-                for attr in node.attribute:
-                    if attr.type == onnx.AttributeProto.GRAPH:
-                        walk(attr.g)
-                    for g in attr.graphs:
-                        walk(g)
-
-    walk(proto.graph)
-    return found
+    graphs = iter_graph_protos(proto.graph) if recurse else [proto.graph]
+    return [node.op_type for g in graphs for node in g.node]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from onnxopt.calibration import ort_engine
 from onnxopt.calibration.collectors import METHODS, RunningStats, TensorRange, derive, make_collector
 from onnxopt.calibration.data import CalibrationData, input_specs_of, open_calibration_data
 from onnxopt.errors import UserError
+from onnxopt.model_io import subgraph_protos
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,6 @@ __all__ = ["calibrate", "calibrate_many", "calibration_tensors"]
 _FLOAT_TYPES = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
 }
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
 
 
 def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
@@ -99,7 +92,7 @@ class _Inventory:
                     (self.main if main else self.sub).append(out)
                     if node.op_type == "Constant":
                         self.constant_outputs.add(out)
-            for sub in _subgraphs(node):
+            for sub in subgraph_protos(node):
                 self._walk(sub, main=False)
 
     def default_tensors(self) -> list[str]:

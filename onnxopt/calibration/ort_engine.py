@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.model_io import subgraph_protos
+
 log = logging.getLogger(__name__)
 
 _LARGE = 1_800_000_000  # bytes: above this the augmented model goes through a file with external data
@@ -70,9 +72,8 @@ def _all_names(graph: onnx.GraphProto, into: set[str]) -> set[str]:
         into.update(node.input)
         into.update(node.output)
         into.add(node.name)
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                _all_names(g, into)
+        for g in subgraph_protos(node):
+            _all_names(g, into)
     return into
 
 
