@@ -210,9 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cell(o, 'peak_rss_mb', '.0f')} | {cell(t, 'peak_rss_mb', '.0f')} | {rr} |")
 
     print("\ngoals:")
+    missed = False
     e128, mm128 = results.get(("ours", "entropy", 128)), results.get(("ours", "minmax", 128))
     if e128 and mm128:
         ratio = e128["time_s"] / mm128["time_s"]
+        missed |= ratio > 2 or e128["peak_rss_mb"] >= 1024
         print(f"  entropy/minmax time at 128: {ratio:.2f}x (goal <= 2): {'ok' if ratio <= 2 else 'MISSED'}")
         print(f"  entropy peak RSS at 128: {e128['peak_rss_mb']:.0f} MB (goal < 1024): "
               f"{'ok' if e128['peak_rss_mb'] < 1024 else 'MISSED'}")
@@ -221,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         a, b = results.get(("ours", m, lo)), results.get(("ours", m, hi))
         if a and b and hi > lo:
             ratio = b["peak_rss_mb"] / a["peak_rss_mb"]
+            missed |= ratio > 1.2
             print(f"  {m} peak RSS {hi}/{lo} samples: {ratio:.3f}x (goal <= 1.2): {'ok' if ratio <= 1.2 else 'MISSED'}")
-    return 0
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ one thread) at cosine >= 0.99. Calibration: 16 zoo sample feeds; evaluation: 8 o
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import numpy as np
@@ -24,7 +25,7 @@ def session(proto) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prune", type=float, default=0.3)
     ap.add_argument("--rounds", type=int, default=15)
@@ -53,13 +54,18 @@ def main() -> None:
     ref = [sessions["fp32"].run(None, f)[0].ravel() for f in evals]
     fp32_ms = np.median(times["fp32"]) * 1e3
     print(f"{'variant':<16} {'ms':>8} {'x FP32':>8} {'cosine':>9} {'top1':>6}")
+    goal_met = False
     for k, s in sessions.items():
         outs = [s.run(None, f)[0].ravel() for f in evals]
         cos = min(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) for a, b in zip(ref, outs, strict=True))
         top1 = np.mean([a.argmax() == b.argmax() for a, b in zip(ref, outs, strict=True)])
         ms = np.median(times[k]) * 1e3
         print(f"{k:<16} {ms:>8.2f} {fp32_ms / ms:>7.2f}x {cos:>9.5f} {top1:>6.2f}")
+        if k.startswith("prune"):
+            goal_met = fp32_ms / ms >= 4 and cos >= 0.99
+    print(f"goal (pruned + int8 at least 4x FP32 at cosine >= 0.99): {'met' if goal_met else 'MISSED'}")
+    return 0 if goal_met else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -39,14 +39,14 @@ _TEXT = (
     "Minutes of the meeting will be published next week and the next session is planned for March."
 )
 _WORDS = _TEXT.split()
+# The fonts every rendered image uses, and only these: test data must not depend on what else is installed
+# (chromium pulls in fonts-liberation, which changed the calibration and evaluation images when it was among the
+# candidates). Debian's fonts-dejavu-core ships both; .ci/run installs it.
 _FONT_PATHS = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
-    "/Library/Fonts/Arial.ttf",
-    "C:/Windows/Fonts/arial.ttf",
 )
+_FONT_PACKAGE = "fonts-dejavu-core"
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -60,16 +60,18 @@ def _pil() -> Any:
 
 
 def _fonts() -> list[str]:
-    return [p for p in _FONT_PATHS if Path(p).is_file()]
+    missing = [p for p in _FONT_PATHS if not Path(p).is_file()]
+    if missing:
+        raise UserError(f"rendering labelled images needs the DejaVu fonts ({', '.join(missing)} is missing); "
+                        f"run: apt-get install {_FONT_PACKAGE}")
+    return list(_FONT_PATHS)
 
 
 def _font(size: int, rng: np.random.Generator) -> Any:
-    """A TrueType font from the machine when there is one, else Pillow's built-in scalable default."""
+    """One of the pinned TrueType fonts, chosen by ``rng``."""
     _, _, font_mod = _pil()
     paths = _fonts()
-    if paths:
-        return font_mod.truetype(paths[int(rng.integers(len(paths)))], size)
-    return font_mod.load_default(size=size)
+    return font_mod.truetype(paths[int(rng.integers(len(paths)))], size)
 
 
 def _line(rng: np.random.Generator, n_words: int) -> str:

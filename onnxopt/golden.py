@@ -21,6 +21,7 @@ import numpy as np
 
 from onnxopt import __version__, verify
 from onnxopt.errors import UserError
+from onnxopt.input_checks import check_finite
 from onnxopt.model_io import check_writable, load_model
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ def record(model_path: str | Path, inputs: Mapping[str, np.ndarray], out_path: s
     check_writable(out_path)
     inputs = verify.check_feeds(load_model(model_path, load_external=False), inputs,
                                 f"the inputs do not fit {model_path.name}")
+    for name, arr in inputs.items():  # a golden recorded on NaN/Inf matches anything that also gives NaN
+        check_finite(arr, f"golden input '{name}'", "record the golden on finite inputs")
     outputs = run_model(model_path, inputs, engine)
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {"format": FORMAT, "engine": engine, "onnxopt_version": __version__,

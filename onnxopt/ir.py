@@ -13,7 +13,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
-from onnxopt.model_io import subgraph_protos
+from onnxopt import weights
+from onnxopt.model_io import is_large, subgraph_protos
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -39,6 +40,8 @@ class Model:
     def __init__(self, graph: gs.Graph, meta: ModelMeta | None = None):
         self.graph = graph
         self.meta = meta or ModelMeta()
+        # large (model_io.is_large): weights stay in files, computed ones are spilled on export (onnxopt.weights)
+        self.large = False
 
     @classmethod
     def from_onnx(cls, proto: onnx.ModelProto) -> Model:
@@ -52,9 +55,12 @@ class Model:
             metadata_props={p.key: p.value for p in proto.metadata_props},
             initializer_inputs=sorted({t.name for t in proto.graph.initializer} & {i.name for i in proto.graph.input}),
         )
-        return cls(gs.import_onnx(proto), meta)
+        model = cls(_import(proto), meta)
+        model.large = is_large(proto)
+        return model
 
     def to_onnx(self) -> onnx.ModelProto:
+        weights.prepare_export(self.graph, spill=self.large)
         proto = gs.export_onnx(self.graph, do_type_check=False)
         _drop_rankless_value_info(proto.graph)
         opsets = [helper.make_opsetid(o.domain, o.version) for o in proto.opset_import]
@@ -72,7 +78,12 @@ class Model:
 
     def replace_with(self, proto: onnx.ModelProto) -> None:
         """Take the graph of ``proto`` (after a pass that works on protobuf, such as the opset converter)."""
-        self.graph = gs.import_onnx(proto)
+        self.graph = _import(proto)
+        self.large = self.large or is_large(proto)
+
+    def release_weights(self) -> None:
+        """Let go of the file maps passes read weights through (large models; they load again when next read)."""
+        weights.release(self.graph)
 
     @property
     def opset(self) -> int:
@@ -80,6 +91,12 @@ class Model:
 
     def copy(self) -> Model:
         return Model.from_onnx(self.to_onnx())
+
+
+def _import(proto: onnx.ModelProto) -> gs.Graph:
+    graph = gs.import_onnx(proto)
+    weights.attach(graph)  # weights a large-model load left in their file are read from it on demand
+    return graph
 
 
 def _drop_rankless_value_info(graph: onnx.GraphProto) -> None:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import onnx
 
+from onnxopt import model_io
 from onnxopt.errors import PassError, UserError
 from onnxopt.ir import Model
+from onnxopt.plan import Plan
 
 log = logging.getLogger(__name__)
+_S = TypeVar("_S")
 
 
 @dataclass
@@ -42,10 +45,22 @@ class PassContext:
     progress: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
     declines: list[Decline] = field(default_factory=list)
+    states: dict[type, Any] = field(default_factory=dict)  # typed state passes hand on: state() / set_state()
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("onnxopt.passes"))
+    holdout: Any = None  # calibration samples held back from calibration: the planner judges the budget on them
+    plan: Plan | None = None  # the precision plan (passes/plan_precision.py) that the quantizers apply
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
+
+    def state(self, kind: type[_S]) -> _S | None:
+        """The state of type ``kind`` a pass handed on with ``set_state`` (e.g. ``recovery.PruneState``), or None."""
+        value = self.states.get(kind)
+        return value if isinstance(value, kind) else None
+
+    def set_state(self, value: object) -> None:
+        """Hand ``value`` on to later passes, keyed by its type."""
+        self.states[type(value)] = value
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -54,6 +69,14 @@ class PassContext:
         """Record (and log) that a pass left a node alone, and why."""
         self.declines.append(Decline(pass_name, where, reason))
         self.logger.debug("%s: declined %s: %s", pass_name, where, reason)
+
+    def progress_bar(self, iterable: Iterable[Any] | None = None, desc: str = "", total: int | None = None,
+                     **kwargs: Any) -> Any:
+        """A tqdm for a step that takes seconds: drawn only with ``self.progress`` on and stderr a terminal, else
+        silent (``onnxopt.progress``). Use it for every loop over samples, layers, candidates or regions."""
+        from onnxopt.progress import progress_bar
+
+        return progress_bar(iterable, desc, total, enabled=self.progress, **kwargs)
 
 
 class Pass:
@@ -154,11 +177,9 @@ class PassManager:
 
     def run(self, model: Model, ctx: PassContext | None = None) -> ManagerReport:
         """Run every step; with ``ctx.progress`` a progress bar names the step in flight."""
-        from tqdm import tqdm
-
         ctx = ctx or PassContext()
         report = ManagerReport()
-        bar = tqdm(self.passes, desc="onnxopt", unit="step", disable=not ctx.progress, leave=False)
+        bar = ctx.progress_bar(self.passes, "onnxopt", unit="step")
         for item in bar:
             bar.set_postfix_str(item.name)
             self._run_item(item, model, ctx, report)
@@ -195,6 +216,8 @@ class PassManager:
         finally:
             rec.seconds += time.perf_counter() - start
             rec.runs += 1
+            if getattr(model, "large", False):
+                model.release_weights()  # the file maps this pass read through: their pages leave memory
         for k, v in result.stats.items():
             rec.stats[k] = rec.stats.get(k, 0) + v
         if not result.changed:
@@ -213,10 +236,11 @@ class PassManager:
         if self.dump_dir:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
             self._dumps += 1
-            onnx.save_model(proto, str(self.dump_dir / f"{self._dumps:03d}_{p.name}.onnx"))
+            dump = self.dump_dir / f"{self._dumps:03d}_{p.name}.onnx"
+            model_io.write_model(proto, dump, dump.name + ".data" if model_io.is_large(proto) else None)
         if self.check:
             try:
-                onnx.checker.check_model(proto, full_check=True)
+                model_io.check_model(proto, full_check=True)  # a large model through a file
             except Exception as e:
                 raise PassError(f"pass {p.name} broke the model: onnx.checker: {str(e).splitlines()[0]}") from e
         if self.verifier:

@@ -1,14 +1,16 @@
 """Calibration data for a pipeline run, and the quantization report that comes out of it.
 
 ``open_calibration(proto, ctx)`` opens ``options["calibration"]`` (an .npz, a directory of .npz, a reader, an
-iterable of feeds) against the model's inputs, checks the first sample at once (so a missing input name
-fails before any work), keeps at most ``options["calib_samples"]`` samples, holds some back for fidelity
-(``options["calib_holdout"]``; default one in five, at most 32, when at least 10 samples are known to be
-there) and puts the rest in ``ctx.calibration``.
+iterable of feeds) against the model's inputs, checks every sample at once when the data can be read again
+(so a missing input name or a NaN fails before any work; read-once data is checked as it streams), keeps
+at most ``options["calib_samples"]`` samples, holds some back for fidelity (``options["calib_holdout"]``;
+default one in five, at most 32, when at least 10 samples are known to be there) and puts the rest in
+``ctx.calibration``.
 
 ``quantization_report(before, after, ctx, held)``: the mode that ran; per quantized tensor its range, scale
 and zero point (weights: per-channel scale span); per output the fidelity against the float model on the
-held-back samples (cosine, SNR, max abs error; onnxruntime); model size before and after.
+held-back samples (cosine, SNR, max abs error; onnxruntime); model size before and after; ``clipped`` per
+activation and ``histograms`` of the most clipped ones (``onnxopt.clipping``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import numpy as np
 import onnx
 
 from onnxopt.calibration import CalibrationData, input_specs_of, open_calibration_data
+from onnxopt.calibration.data import require_finite
+from onnxopt.clipping import clipping_report
 from onnxopt.errors import UserError
+from onnxopt.model_io import model_size
 from onnxopt.pass_manager import PassContext
 from onnxopt.verify import compare_arrays, ort_session
 
@@ -43,14 +48,15 @@ def open_calibration(proto: onnx.ModelProto, ctx: PassContext) -> CalibrationDat
     source = ctx.options.get("calibration")
     if source is None:
         return None
-    data = open_calibration_data(source, input_specs_of(proto))
+    data = require_finite(open_calibration_data(source, input_specs_of(proto)))  # NaN/Inf in a sample: refused
     limit = ctx.options.get("calib_samples")
     if limit is not None:
         if int(limit) < 1:
             raise UserError(f"--calib-samples must be at least 1, got {limit}")
         data = _limit(data, int(limit))
     if data.reiterable:
-        next(iter(data))  # validates the first sample now: a wrong input name fails before any work
+        for _ in data:  # validates every sample now (names, dtypes, shapes, NaN/Inf), streaming: fails before any work
+            pass
     holdout = ctx.options.get("calib_holdout")
     if holdout is None:
         holdout = min(MAX_HOLDOUT, data.length // 5) if data.length is not None and data.length >= 10 else 0
@@ -95,9 +101,9 @@ def _plain(v: Any) -> Any:
 def quantization_report(before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassContext,
                         held: CalibrationData | None) -> dict[str, Any] | None:
     """The ``quantization`` section of the optimize report; None when no quantization step ran."""
-    mode = ctx.cache.get("quantize_mode")
-    if mode is None:
+    if ctx.plan is None:  # the precision plan (passes/plan_precision.py) says which mode ran and why
         return None
+    mode = ctx.plan.mode
     params = ctx.cache.get("quant_params", {})
     report: dict[str, Any] = {
         "mode": mode,
@@ -106,11 +112,15 @@ def quantization_report(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Pa
             "seconds": round(float(ctx.cache.get("calibration_seconds", 0.0)), 3),
             "held_back": 0 if held is None else held.length,
         },
-        "note": ctx.cache.get("quantize_note"),
+        "note": ctx.plan.note or None,
         "tensors": {name: {k: _plain(v) for k, v in p.items()} for name, p in sorted(params.items())},
-        "bytes_before": before.ByteSize(),
-        "bytes_after": after.ByteSize(),
+        "bytes_before": model_size(before),  # ByteSize() would serialize the model (and fails past 2 GB)
+        "bytes_after": model_size(after),
     }
+    # the most clipped activations, drawn by the HTML report ("activation_ranges": passes/calibrate_activations)
+    histograms = clipping_report(report["tensors"], ctx.cache.get("activation_ranges", {}))
+    if histograms:
+        report["histograms"] = histograms
     if mode != "none" and held is not None:
         try:
             report["fidelity"] = fidelity(before, after, list(held))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.analysis.qdq_placement import is_float
 from onnxopt.ir import constant_value, iter_graphs
 from onnxopt.pass_manager import PassContext
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
@@ -45,10 +46,7 @@ class _Names:
         return name
 
 
-def _is_float(t: gs.Tensor) -> bool:
-    if isinstance(t, gs.Constant):
-        return np.asarray(t.values).dtype in _FLOAT
-    return t.dtype is None or np.dtype(t.dtype) in _FLOAT
+_is_float = is_float  # one definition, shared with the planner (analysis.qdq_placement)
 
 
 def activation_params(lo: float, hi: float, q: TensorQuant) -> tuple[float, int]:

@@ -18,6 +18,9 @@ from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 log = logging.getLogger(__name__)
 
 CACHE_KEY = "activation_ranges"
+# a histogram per calibrated tensor (2 x 512 counters, whatever the samples) even for minmax, so the report can
+# draw each tensor's distribution against its chosen range; ``calib_summary_bins`` 0 turns it off
+SUMMARY_BINS = 512
 
 
 def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | None = None) -> dict[str, TensorRange]:
@@ -25,7 +28,8 @@ def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | Non
 
     Ranges already in ``ctx.cache`` for the same graph state are reused. The method is
     ``ctx.option("calib_method", "minmax")``; the engine ``ctx.option("calib_engine", "auto")`` (the
-    interpreter when a tensor lives in an If/Loop/Scan subgraph).
+    interpreter when a tensor lives in an If/Loop/Scan subgraph). Each range carries a coarse histogram
+    (``TensorRange.histogram``) for the report.
     """
     if ctx.calibration is None:
         raise UserError("no calibration data: pass --calib data.npz (or calibration=... in the API)")
@@ -39,7 +43,7 @@ def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | Non
     method = ctx.option("calib_method", "minmax") or "minmax"
     start = time.perf_counter()
     ranges = calibrate(proto, data, wanted, method=method, engine=ctx.option("calib_engine", "auto"),
-                       progress=ctx.progress or None)
+                       progress=ctx.progress, summary_bins=ctx.option("calib_summary_bins", SUMMARY_BINS))
     ctx.cache["calibration_seconds"] = ctx.cache.get("calibration_seconds", 0.0) + time.perf_counter() - start
     cached.update(ranges)
     log.info("calibrated %d tensors (%s) in %.2fs", len(ranges), method, time.perf_counter() - start)

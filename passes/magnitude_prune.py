@@ -32,6 +32,10 @@ def _weights(model: Model, min_size: int) -> list[tuple[gs.Node, int, np.ndarray
 
 
 def _compressed(model: Model) -> int:
+    if model.large:  # never serialized whole: the weights' bytes, compressed one tensor at a time
+        return sum(len(zlib.compress(memoryview(np.ascontiguousarray(t.values)).cast("B"), 6))
+                   for g in iter_graphs(model.graph) for t in g.tensors().values()
+                   if isinstance(t, gs.Constant) and np.asarray(t.values).dtype.kind in "biuf")
     return len(zlib.compress(model.to_onnx().SerializeToString(), 6))
 
 

@@ -12,10 +12,12 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.analysis.dependency_groups import Analysis, Group, analyze
 from onnxopt.analysis.flops import count_costs, node_flops
+from onnxopt.analysis.layerwise import calibration_feeds, capture_stats
 from onnxopt.errors import UserError
 from onnxopt.ir import Model, constant_value, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
-from onnxopt.passes.reconstruct_weights import calibration_feeds, capture_stats, fidelity
+from onnxopt.passes.reconstruct_weights import fidelity
+from onnxopt.recovery import PruneConsumer, PruneState
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def importance(a: Analysis, criterion: str, ctx: PassContext, stats: dict[str, d
                ) -> dict[int, np.ndarray]:
     """Score per channel (component) of each prunable group; low scores go first."""
     scores = {}
-    for g in a.prunable:
+    for g in ctx.progress_bar(a.prunable, "pruning: scoring channels", unit="group"):
         per: list[np.ndarray] = []
         if criterion == "bn":
             per = _bn_scores(g, ctx)
@@ -81,7 +83,7 @@ def importance(a: Analysis, criterion: str, ctx: PassContext, stats: dict[str, d
                     per.append(np.array([sum(float(np.sum(w.take([i], axis=m.axis) ** 2)) * sq[i] for i in c[m.tensor])
                                          if m.tensor in c else 0.0 for c in g.channels]))
         if not per:
-            if criterion != "l1":
+            if criterion not in ("l1", "l2"):  # l1 and l2 score the weights themselves: no fallback
                 ctx.decline("PruneChannels", g.name, f"criterion {criterion} has nothing to score here; using l2")
             per = _weight_scores(g, "l1" if criterion == "l1" else "l2")
         scores[g.id] = _combine(per, g.size)
@@ -283,7 +285,8 @@ class PruneChannels(Pass):
         stats = None
         if criterion in ("activation", "reconstruction") and feeds:
             names = sorted({t for g in a.prunable for t in g.tensors})
-            stats = capture_stats(original, feeds, {t: a.cg.axis[t] for t in names})
+            stats = capture_stats(original, ctx.progress_bar(feeds, "pruning: activation statistics", unit="sample"),
+                                  {t: a.cg.axis[t] for t in names})
         scores = importance(a, criterion, ctx, stats)
         round_to = int(ctx.option("prune_round_to") or 16)
         if round_to % 4:
@@ -293,11 +296,11 @@ class PruneChannels(Pass):
                                          round_to)
         layers = [{"group": g.name, "channels_before": g.size, "channels_after": g.size - len(removal.get(g.id, ()))}
                   for g in a.prunable]
-        consumers = [{"node": m.node.name, "input": m.tensor, "op": m.node.op}
+        consumers = [PruneConsumer(m.node.name, m.tensor, m.node.op)
                      for m in a.cg.members if m.role == "weight_in" and m.kind == "slice"]
         # grouped/depthwise convs: their kept outputs read only kept inputs, but those inputs drift as the
         # producer is re-fitted, so they are re-fitted too (per group)
-        consumers += [{"node": m.node.name, "input": m.node.inputs[0].name, "op": m.node.op}
+        consumers += [PruneConsumer(m.node.name, m.node.inputs[0].name, m.node.op)
                       for m in a.cg.members if m.kind == "group" and m.node.op == "Conv"]
         kept = apply_removal(a, removal)
         model.replace_with(onnx.shape_inference.infer_shapes(model.to_onnx(), data_prop=True))
@@ -314,8 +317,7 @@ class PruneChannels(Pass):
         if feeds:
             report["fidelity"] = fidelity(original, pruned, feeds[:8])
         ctx.cache["prune_report"] = report
-        ctx.cache["prune_state"] = {"original": original, "kept": kept, "feeds": feeds,
-                                    "consumers": [c for c in consumers if c["input"] in kept]}
+        ctx.set_state(PruneState(original, kept, feeds, [c for c in consumers if c.input in kept]))
         removed = sum(len(v) for v in removal.values())
         log.info("pruned %d channels in %d groups: FLOPs %d -> %d (%.1f%% removed, asked %.1f%%)", removed,
                  len(removal), before.flops, after.flops, 100 * report["flops_removed"], 100 * target)

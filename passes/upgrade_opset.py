@@ -56,13 +56,19 @@ class UpgradeOpset(Pass):
     domains' opset imports are kept as they are. Large initializers are set aside while converting and put
     back by name afterwards, so the converter never serializes the weights.
     Declines: a model already at or above the requested opset is left alone (it never downgrades).
-    Errors: when the converter cannot reach the opset, a UserError names the op that blocked it.
+    Errors: when the converter cannot reach the opset, a UserError names the op that blocked it; with
+    ``required=False`` (an opset a later pass would like, e.g. 25 for int2 weights) that is a decline instead.
+    ``opset``: the opset to reach (default ``ctx.option("min_opset", 13)``).
     """
 
     lossless = True
 
+    def __init__(self, opset: int | None = None, required: bool = True) -> None:
+        self.opset = opset
+        self.required = required
+
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        target = int(ctx.option("min_opset", 13))
+        target = int(self.opset if self.opset is not None else ctx.option("min_opset", 13))
         current = model.opset
         if current >= target:
             ctx.decline(self.name, "model", f"opset {current} already >= {target}; never downgrades")
@@ -76,6 +82,9 @@ class UpgradeOpset(Pass):
             msg = str(e).replace("\n", " ")
             op = _blocking_op(msg)
             what = f"the converter has no adapter for {op}" if op else f"the converter failed ({msg[:200]})"
+            if not self.required:
+                ctx.decline(self.name, "model", f"cannot upgrade opset {current} -> {target}: {what}")
+                return PassResult(False)
             raise UserError(f"cannot upgrade opset {current} -> {target}: {what}; "
                             f"export the model at opset >= {target}") from None
         _restore_initializers(converted, kept)

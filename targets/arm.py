@@ -40,10 +40,12 @@ from typing import Any
 
 import onnx
 
+from onnxopt.host import HostInfo
 from onnxopt.pass_manager import FixedPoint, Pass
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
 
 from .base import Target, Violation
+from .cost_model import ORT_ARM
 from .qdq_lint import (
     GraphView,
     attr,
@@ -176,6 +178,7 @@ RULES = (rule_constant_qparams, rule_activation_per_tensor, rule_weight_zero_poi
 
 class Arm(Target):
     name = "arm"
+    cost_model = ORT_ARM
     description = "onnxruntime arm64 CPU + XNNPACK: QDQ S8S8, per-channel int8 weights with zero point 0"
     scheme = QuantScheme(
         activations=TensorQuant(dtype="int8", symmetric=False),
@@ -183,8 +186,13 @@ class Arm(Target):
         op_types=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "MaxPool", "GlobalAveragePool",
                             "Concat", "Relu", "Clip", "Resize", "Sigmoid", "HardSigmoid", "HardSwish",
                             "LeakyRelu"}),
+        extra={"matmulnbits_accuracy_level": 4},  # --weights int4/...: MatMulNBits, int8 compute (SDOT/UDOT)
     )
     no_calibration = NO_CALIBRATION
+
+    def host_mismatch(self, host: HostInfo) -> str | None:
+        """Any arm64 host: its int8 has no saturating path (dot-product cores are only faster)."""
+        return None if host.arch == "arm64" else f"this host is {host.arch}, not arm64"
 
     def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
         if not options.get("calibration"):

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.tensor_files import tensor_array
+
 from .base import Violation
 
 Q_OPS = ("QuantizeLinear",)
@@ -74,7 +76,7 @@ class GraphView:
         if not name:
             return None
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return tensor_array(self.initializers[name])  # a large model's weight: from its file
         node = self.producers.get(name)
         if node is not None:
             if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS:

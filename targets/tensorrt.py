@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,16 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.analysis.quant_regions import residual_shortcut
-from onnxopt.errors import UserError
 from onnxopt.ir import Model, constant_value, iter_graphs, producer
 from onnxopt.pass_manager import FixedPoint, Pass, PassContext, PassResult, register_pass
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
 
 from . import tensorrt_lint
 from .base import Target, Violation
+from .cost_model import TENSORRT
+from .precision_policy import TensorRTPolicy
 from .tensorrt_fp16 import ConvertFloatToFp16
+from .tensorrt_residual import residual_shortcut
 
 log = logging.getLogger(__name__)
 
@@ -198,37 +198,6 @@ class TrtNarrowWeights(Pass):
         return PassResult(bool(count), {"weights": count} if count else {})
 
 
-def _is_transformer(model: Model) -> bool:
-    return any(n.op in ("LayerNormalization", "Softmax", "Erf") for g in iter_graphs(model.graph) for n in g.nodes)
-
-
-class TrtQuantize(Pass):
-    """Static Q/DQ when calibration data is given, else nothing (one line says so); never dynamic."""
-
-    lossless = False
-
-    def __init__(self, scheme: QuantScheme | None, mode: str):
-        self.scheme, self.mode = scheme, mode
-
-    def run(self, model: Model, ctx: PassContext) -> PassResult:
-        from onnxopt.passes.quantize_static import QuantizeStatic
-
-        if self.mode == "none":
-            return PassResult(False)
-        if ctx.calibration is None:
-            if self.mode == "static":
-                raise UserError("--quantize static needs calibration data; pass --calib data.npz")
-            log.warning(NO_CALIBRATION)
-            return PassResult(False)
-        scheme = self.scheme
-        if scheme is not None and _is_transformer(model):
-            # Q/DQ on the residual Adds of a transformer (LayerNorm inputs) cost fidelity: minilm cosine 0.93
-            scheme = replace(scheme, op_types=scheme.op_types - {"Add"})
-        ctx.options.setdefault("scheme", scheme)
-        ctx.cache["quantize_mode"] = "static"
-        return QuantizeStatic().run(model, ctx)
-
-
 class TensorRT(Target):
     name = "tensorrt"
     description = "explicit int8 Q/DQ for TensorRT (symmetric, zero point 0, Q/DQ on weighted-op inputs); --fp16"
@@ -238,7 +207,7 @@ class TensorRT(Target):
         weights=TensorQuant(dtype="int8", symmetric=True, per_channel=True, narrow_range=True),
         op_types=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "MaxPool", "AveragePool",
                             "GlobalAveragePool", "Concat"}),
-        # transformer residual Adds: measured on minilm, Q/DQ on them drops cosine to 0.93 (see TrtQuantize)
+        # transformer residual Adds: measured on minilm, Q/DQ on them drops cosine to 0.93 (precision_policy.py)
         keep_float=frozenset({"Softmax", "LayerNormalization", "Erf", "Gelu"}),
         residual_skip_only=True,
         share_concat_scale=True,
@@ -247,20 +216,15 @@ class TensorRT(Target):
         min_opset=13,
     )
     no_calibration = NO_CALIBRATION
+    cost_model = TENSORRT
 
     def build_command(self, model_path: str) -> str | None:
         return trtexec_command(model_path)
 
-    def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
-        """The common recipe, with the quantize step limited to static Q/DQ (TensorRT imports no dynamic ops)."""
-        from .recipe_quantize import QuantizeAuto
-
-        mode = options.get("quantize") or "auto"
-        if mode == "dynamic":
-            raise UserError("--quantize dynamic makes DynamicQuantizeLinear/MatMulInteger, which TensorRT does not "
-                            "import; use --quantize static with --calib data.npz, or --quantize none")
-        return [TrtQuantize(self.scheme, mode) if isinstance(s, QuantizeAuto) else s
-                for s in super().pipeline(options)]
+    def precision_policy(self, options: dict[str, Any]) -> TensorRTPolicy:
+        """Static Q/DQ only (TensorRT imports no dynamic ops), the residual rule, transformer Adds float."""
+        return TensorRTPolicy(self.name, self.scheme, options.get("quantize") or "auto", options,
+                              cost=self.cost_model)
 
     def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
         steps: list[Pass | FixedPoint] = [TrtRemoveOutputQdq(), TrtKeepHighPrecision(), TrtShareConcatScale(),

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.ir import Model
 from onnxopt.model_io import iter_graph_protos, subgraph_protos
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.tensor_files import tensor_array
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 ALL = None
@@ -81,7 +82,7 @@ def convert_to_fp16(model: onnx.ModelProto, decline=None) -> tuple[onnx.ModelPro
             return name
         if name not in cast16:
             if name in inits:
-                value = numpy_helper.to_array(inits[name]).astype(np.float32)
+                value = tensor_array(inits[name]).astype(np.float32)  # a large model's weight: from its file
                 arr = np.clip(value, -F16_MAX, F16_MAX).astype(np.float16)
                 cast16[name] = fresh(name + "_fp16")
                 new_inits.append(numpy_helper.from_array(arr, cast16[name]))

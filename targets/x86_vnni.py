@@ -44,10 +44,12 @@ from typing import Any
 
 import onnx
 
+from onnxopt.host import HostInfo
 from onnxopt.pass_manager import FixedPoint, Pass
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
 
 from .base import Target, Violation
+from .cost_model import ORT_VNNI
 from .qdq_lint import (
     constant_qparams,
     iter_views,
@@ -96,16 +98,27 @@ def rule_activation_dtype(model: onnx.ModelProto, prefix: str = "x86") -> list[V
 
 class X86Vnni(Target):
     name = "x86-vnni"
+    cost_model = ORT_VNNI
     aliases = ("x86",)
-    measure_on_host = True  # this project's machines are VNNI x86: timing int8 here stands for the target
     description = "onnxruntime CPU on x86-64 with VNNI: QDQ U8S8, per-channel full-range int8 weights"
     scheme = QuantScheme(
         activations=TensorQuant(dtype="uint8", symmetric=False),
         weights=TensorQuant(dtype="int8", symmetric=True, per_channel=True),
+        extra={"matmulnbits_accuracy_level": 4},  # --weights int4/...: MatMulNBits, int8 compute (VNNI dot products)
     )
     no_calibration = NO_CALIBRATION
     rules = (rule_constant_qparams, rule_activation_per_tensor, rule_qoperator_s8s8, rule_activation_dtype)
     prefix = "x86"
+
+    def host_mismatch(self, host: HostInfo) -> str | None:
+        """Only a VNNI x86 host runs VPDPBUSD: an AVX2 host's int8 is slower and saturates (VPMADDUBSW)."""
+        if host.arch != "x86_64":
+            return f"this host is {host.arch}, not x86-64"
+        if host.vnni:
+            return None
+        if not host.features_known:
+            return f"this host's CPU features are unknown ({host.note})"
+        return f"this host ({host.cpu}) has no avx512_vnni or avx_vnni, so its int8 kernels are not {self.name}'s"
 
     def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
         if not options.get("calibration"):

@@ -190,9 +190,20 @@ def test_golden_record_and_check(model_path, tmp_path, capsys):
     assert code == 1, out + err
 
 
-def test_verify_reference_engine(model_path, capsys):
-    code, out, err = run_cli(["verify", model_path, model_path, "--engine", "reference"], capsys)
+def test_verify_reference_engine(model_path, tmp_path, capsys):
+    # the interpreter judges two different models: the BatchNorm-folded one matches, a 1% weight change does not
+    folded = tmp_path / "folded.onnx"
+    code, _, err = run_cli(["optimize", model_path, "-o", folded, "--quantize", "none"], capsys)
+    assert code == 0, err
+    assert "BatchNormalization" not in [n.op_type for n in onnx.load(str(folded)).graph.node]
+    code, out, err = run_cli(["verify", model_path, folded, "--engine", "reference"], capsys)
     assert code == 0 and "outputs match" in out, err
+    other = conv_bn_model()
+    w = next(t for t in other.graph.initializer if t.name == "w")
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.01, "w"))
+    code, out, err = run_cli(["verify", model_path, save_model(other, tmp_path / "other.onnx"), "--engine",
+                              "reference"], capsys)
+    assert code == 1 and "differ" in out, out + err
 
 
 def test_verify_steps_need_a_scale_for_floats(model_path, capsys):
@@ -200,6 +211,7 @@ def test_verify_steps_need_a_scale_for_floats(model_path, capsys):
     assert_one_line_error(code, err, "needs its scale")
 
 
+@pytest.mark.realmodel
 def test_optimize_when_generated_inputs_cannot_run(tmp_path, capsys):
     # silero VAD's reflect padding needs more samples than generated inputs have: optimize still works and says
     # plainly that it did not verify, instead of failing or claiming a verification it did not make

@@ -2,8 +2,8 @@
 
 Quantizing a tensor to 8 bits is harmless for a well-conditioned activation (a Conv output, a residual sum)
 and ruinous for some intermediates. This analysis finds the latter, by structure or by calibration
-statistics, and returns ``{id(node): reason}`` so the quantizer keeps those nodes (and the tensors only
-they touch) in float:
+statistics, and returns ``{id(node): reason}``; the precision plan (``analysis.regions``) gives those
+nodes' regions float with that reason, which a user's ``--plan`` may overrule:
 
 - **normalizations written as elementary ops**: a ``Div`` (or ``Mul`` by a ``Reciprocal``) whose divisor
   comes from a ``Sqrt`` fed, within a few nodes, by ``ReduceMean``: every node between the normalized
@@ -35,8 +35,8 @@ they touch) in float:
   forwards from I and backwards from O, through If branches: an If output is its branches' outputs) stays float;
   Loop/Scan bodies are not entered.
 
-And one placement helper, structural too: ``residual_shortcut`` finds, on an Add whose two inputs both come from
-weighted ops (a ResNet downsample block), the shortcut input that TensorRT wants quantized (see its docstring).
+TensorRT's residual rule (Q/DQ on a residual Add's shortcut only) is target policy and lives in
+``targets/tensorrt_residual.py``.
 """
 
 from __future__ import annotations
@@ -299,63 +299,3 @@ def recurrent_state_regions(graph: gs.Graph) -> dict[int, str]:
                 for k in path:
                     found.setdefault(k, RECURRENT_STATE.format(src=i.name, dst=out.name))
     return found
-
-
-def _source(t: gs.Tensor) -> gs.Tensor:
-    """The float tensor behind a DequantizeLinear output (DQ <- Q <- float), else ``t`` itself."""
-    dq = producer(t)
-    q = producer(dq.inputs[0]) if dq is not None and dq.op == "DequantizeLinear" else None
-    return q.inputs[0] if q is not None and q.op == "QuantizeLinear" else t
-
-
-def _ancestor_depths(node: gs.Node, limit: int = 256) -> dict[int, int]:
-    """id(ancestor node) -> fewest nodes between ``node`` and it (``node`` itself at 0), Q/DQ nodes not counted."""
-    depths = {id(node): 0}
-    frontier = [node]
-    while frontier and len(depths) < limit:
-        nxt = []
-        for n in frontier:
-            for t in n.inputs:
-                p = producer(t)
-                if p is None or id(p) in depths:
-                    continue
-                depths[id(p)] = depths[id(n)] + (0 if p.op in ("QuantizeLinear", "DequantizeLinear") else 1)
-                nxt.append(p)
-        frontier = nxt
-    return depths
-
-
-def residual_shortcut(add: gs.Node) -> int | None:
-    """The input index of a two-weighted-op residual Add that is the shortcut (the 1x1 downsample conv of a ResNet
-    block, the previous block's projection in MobileNetV2), else None. Works on float and on Q/DQ graphs (a
-    DequantizeLinear input is followed back to the float tensor its QuantizeLinear reads).
-
-    Rule (NVIDIA TensorRT Model Optimizer, ``modelopt.onnx.quantization.graph_utils.build_non_residual_input_map``):
-    when both Add inputs come from weighted ops, the input on the longer path to their lowest common ancestor is
-    the non-residual (main) branch, which stays unquantized so its Conv fuses with the Add; the other is the
-    residual input and carries Q/DQ. Equal paths (modelopt then takes input 1 as the main branch): the op with the
-    smaller constant weight is the shortcut (the 1x1 downsample conv against the 3x3 main conv), then input 0.
-    """
-    if len(add.inputs) != 2:
-        return None
-    prods = [producer(_source(t)) for t in add.inputs]
-    if any(p is None or p.op not in _WEIGHTED for p in prods) or prods[0] is prods[1]:
-        return None
-    d0, d1 = _ancestor_depths(prods[0]), _ancestor_depths(prods[1])
-    common = set(d0) & set(d1)
-    if not common:
-        return None
-    lca = min(common, key=lambda k: (d0[k] + d1[k], max(d0[k], d1[k])))
-    if d0[lca] != d1[lca]:
-        return 1 if d0[lca] > d1[lca] else 0
-    sizes = [_weight_size(p) for p in prods]
-    return 1 if sizes[1] < sizes[0] else 0
-
-
-def _weight_size(node: gs.Node) -> float:
-    """Element count of a weighted op's constant weight (behind its DequantizeLinear), inf when not constant."""
-    t = _source(node.inputs[1]) if len(node.inputs) > 1 else None
-    w = constant_value(t) if t is not None else None
-    if w is None and t is not None and (dq := producer(t)) is not None and dq.op == "DequantizeLinear":
-        w = constant_value(dq.inputs[0])
-    return float(np.asarray(w).size) if w is not None else float("inf")

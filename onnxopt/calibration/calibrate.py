@@ -29,19 +29,19 @@ one sample's tensors at a time: it does not grow with the number of samples.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from tqdm import tqdm
 
 from onnxopt.calibration import ort_engine
 from onnxopt.calibration.collectors import METHODS, RunningStats, TensorRange, derive, make_collector
 from onnxopt.calibration.data import CalibrationData, input_specs_of, open_calibration_data
 from onnxopt.errors import UserError
 from onnxopt.model_io import subgraph_protos
+from onnxopt.progress import progress_bar
+from onnxopt.tensor_files import tensor_array
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ def calibration_tensors(model: onnx.ModelProto) -> list[str]:
 
 
 def _progress(data: CalibrationData, progress: bool | None, desc: str):
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
-    return tqdm(data, total=data.length, desc=desc, unit="sample", disable=disable, leave=False)
+    return progress_bar(data, desc, data.length, enabled=progress, unit="sample")  # drawn on a terminal only
 
 
 class _Folder:
@@ -207,19 +206,24 @@ def calibrate_many(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     channel_axis: int | Mapping[str, int] | None = None,
     progress: bool | None = None,
+    summary_bins: int | None = None,
 ) -> dict[str, dict[str, TensorRange]]:
     """One pass over ``data``; returns ``{method: {tensor: TensorRange}}`` for every method in ``methods``.
 
     ``data``: CalibrationData or anything ``open_calibration_data`` accepts (validated against the model's
     inputs). ``options``: per-method keyword options (e.g. ``{"percentile": {"percentile": 99.99}}``).
     ``channel_axis``: per-channel min/max along that axis (one int for all tensors of sufficient rank, or per
-    tensor name). ``progress``: tqdm bar; None shows it only on a terminal.
+    tensor name). ``progress``: tqdm bar, shown only on a terminal (False: never). ``summary_bins``: keep a
+    ``summary_bins``-bin histogram per tensor even when no method needs one, so that each TensorRange carries
+    ``histogram`` (what reports draw; ``2 * summary_bins`` counters per tensor, whatever the samples).
     """
     options = dict(options or {})
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise UserError("no calibration method given; choose among " + ", ".join(METHODS))
     bins, averaging = _check_methods(methods, options)
+    if bins is None and summary_bins:
+        bins = int(summary_bins) + int(summary_bins) % 2  # StreamingHistogram takes an even count
     if engine not in ("onnxruntime", "reference", "auto"):
         raise UserError(f"unknown calibration engine {engine!r}; choose onnxruntime, reference or auto")
     if not isinstance(data, CalibrationData):
@@ -261,7 +265,7 @@ def calibrate_many(
 
     for name in constants:
         init = next(i for i in model.graph.initializer if i.name == name)
-        fold(name, onnx.numpy_helper.to_array(init))
+        fold(name, tensor_array(init))  # a large model's weight: read from its file
     if interp is not None:
         _run_reference(interp, names, data, fold, progress)
     else:
@@ -289,6 +293,7 @@ def calibrate(
     *,
     channel_axis: int | Mapping[str, int] | None = None,
     progress: bool | None = None,
+    summary_bins: int | None = None,
     **method_options: Any,
 ) -> dict[str, TensorRange]:
     """``{tensor: TensorRange}`` for one ``method`` ("minmax", "percentile", "entropy", "mse").
@@ -299,5 +304,5 @@ def calibrate(
     """
     return calibrate_many(
         model, data, tensors, [method], engine,
-        options={method: method_options}, channel_axis=channel_axis, progress=progress,
+        options={method: method_options}, channel_axis=channel_axis, progress=progress, summary_bins=summary_bins,
     )[method]

@@ -40,10 +40,29 @@ __all__ = [
     "RunningStats",
     "TensorRange",
     "derive",
+    "histogram_summary",
     "make_collector",
 ]
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
+SUMMARY_BINS = 64  # TensorRange.histogram: few enough bins that a report can carry many tensors
+
+
+def histogram_summary(hist: StreamingHistogram, bins: int = SUMMARY_BINS
+                      ) -> tuple[float, float, tuple[int, ...]] | None:
+    """The occupied part of ``hist`` in at most ``bins`` equal bins (neighbours merged, edges kept exact)."""
+    counts, edges = hist.signed()
+    nz = np.flatnonzero(counts)
+    if nz.size == 0 or hist.range == 0.0:
+        return None
+    first, span = int(nz[0]), int(nz[-1]) + 1 - int(nz[0])
+    k = -(-span // bins)  # original bins per summary bin
+    n = -(-span // k)
+    part = np.zeros(n * k, dtype=np.int64)
+    got = counts[first:first + n * k]
+    part[:got.size] = got
+    width = float(edges[1] - edges[0])
+    return float(edges[first]), float(edges[first]) + n * k * width, tuple(int(c) for c in part.reshape(n, k).sum(1))
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,6 +82,9 @@ class TensorRange:
     channel_axis: int | None = None
     channel_min: np.ndarray | None = field(default=None, repr=False)
     channel_max: np.ndarray | None = field(default=None, repr=False)
+    # (lo, hi, counts): x over [lo, hi] in len(counts) equal bins, when a histogram was kept (histogram methods,
+    # or calibrate(summary_bins=...)); the HTML report draws it against the chosen range
+    histogram: tuple[float, float, tuple[int, ...]] | None = field(default=None, repr=False)
 
     @property
     def channel_absmax(self) -> np.ndarray | None:
@@ -181,6 +203,7 @@ class RunningStats:
             method=method, count=self.count, updates=self.updates,
             mean_abs=self.sum_abs / self.count if self.count else 0.0, nonfinite=self.nonfinite,
             channel_axis=self.channel_axis, channel_min=self.channel_min, channel_max=self.channel_max,
+            histogram=None if self.hist is None or self.count == 0 else histogram_summary(self.hist),
         )
 
     def _symmetric(self, method: str, t: float) -> TensorRange:

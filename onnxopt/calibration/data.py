@@ -13,6 +13,8 @@
 Every sample is validated lazily, as it streams, against ``input_specs`` (``input_specs_of(model)``):
 a missing or unknown input name, a wrong dtype, a wrong rank or a wrong static dimension raises
 ``UserError`` naming the input, the sample index, what was expected and what was given.
+``require_finite(data)`` also refuses NaN/Inf in float arrays (the pipeline asks for it; the collectors
+themselves skip and count non-finite values, which suits those a model computes).
 
 Dtype policy: a value whose dtype differs from the input's is cast only when the cast keeps the kind
 and the values (float64/float16 -> float32 and the like; an integer array whose values fit the target
@@ -33,6 +35,7 @@ import numpy as np
 import onnx
 
 from onnxopt.errors import UserError
+from onnxopt.input_checks import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ Dim = int | str | None
 InputSpec = tuple[np.dtype, tuple[Dim, ...] | None]
 Feed = dict[str, np.ndarray]
 
-__all__ = ["CalibrationData", "InputSpec", "input_specs_of", "open_calibration_data"]
+__all__ = ["CalibrationData", "InputSpec", "input_specs_of", "open_calibration_data", "require_finite"]
 
 
 def input_specs_of(model: onnx.ModelProto) -> dict[str, InputSpec]:
@@ -140,7 +143,8 @@ class _Validator:
         if name not in self._warned:
             self._warned.add(name)
             log.warning("calibration input %r: casting %s to %s (from %s)", name, given.name, dtype.name, where)
-        return arr.astype(dtype)
+        with np.errstate(over="ignore"):  # a value that overflows becomes Inf, refused by the finiteness check
+            return arr.astype(dtype)
 
 
 class CalibrationData:
@@ -339,3 +343,19 @@ def open_calibration_data(source: Any, input_specs: Mapping[str, InputSpec]) -> 
         f"cannot use a {type(source).__name__} as calibration data; pass a CalibrationDataReader, "
         "an iterable of feed dicts, an .npz path or a directory of .npz files"
     )
+
+
+def require_finite(data: CalibrationData) -> CalibrationData:
+    """``data`` whose float arrays may hold no NaN or Inf: a sample that does raises ``UserError`` naming the
+    sample and the input. Non-finite values in the samples are a data problem (ranges, histograms and the
+    fidelity check would all be computed on them), unlike those a model computes, which the collectors skip."""
+
+    def factory() -> Iterator[Feed]:
+        for index, feed in enumerate(data, start=data._start):
+            for name, arr in feed.items():
+                check_finite(arr, f"calibration sample {index} ({data.origin}): input {name!r} ({arr.dtype.name})",
+                             "ranges calibrated on NaN/Inf are meaningless: fix or drop this sample")
+            yield feed
+
+    return CalibrationData(factory, data.specs, length=data.length, reiterable=data.reiterable, origin=data.origin,
+                           start=data._start)

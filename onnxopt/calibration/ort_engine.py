@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt import model_io
 from onnxopt.model_io import subgraph_protos
 
 log = logging.getLogger(__name__)
@@ -237,13 +238,9 @@ def _session(aug: onnx.ModelProto, tmp: str, tag: str):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     providers = ["CPUExecutionProvider"]
-    try:
-        size = aug.ByteSize()
-    except Exception:
-        size = _LARGE + 1
-    if size > _LARGE:
+    if model_io.is_large(aug) or model_io.data_bytes(aug) > _LARGE:  # never ByteSize(): it serializes the model
         path = os.path.join(tmp, f"{tag}.onnx")
-        onnx.save_model(aug, path, save_as_external_data=True, location=f"{tag}.onnx.data")
+        model_io.write_model(aug, path, f"{tag}.onnx.data")  # weights copied file to file, never held twice
         return ort.InferenceSession(path, so, providers=providers)
     return ort.InferenceSession(aug.SerializeToString(), so, providers=providers)
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from onnxopt.errors import UserError
 from onnxopt.interp import ops  # noqa: F401  (registers every kernel)
 from onnxopt.interp.attributes import decode_attributes
 from onnxopt.interp.feeds import InputSpec, spec_of, validate_feeds
 from onnxopt.interp.registry import KernelContext, lookup
+from onnxopt.tensor_files import tensor_array
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class Interpreter:
         plan.inputs = [i.name for i in graph.input]
         plan.outputs = [o.name for o in graph.output]
         for t in graph.initializer:
-            plan.constants[t.name] = numpy_helper.to_array(t)
+            plan.constants[t.name] = tensor_array(t)  # a large model's weights: mapped from their file
         for st in graph.sparse_initializer:
             from onnxopt.interp.attributes import _sparse
 

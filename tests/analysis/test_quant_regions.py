@@ -96,7 +96,7 @@ def test_wide_range_concat_rule():
     assert wide_range_concats(graph, {"x": (0.0, 320.0), "p": (0.0, 1.0)}, factor=500) == {}
 
 
-RNG = np.random.default_rng(0)
+RNG = np.random.default_rng(0)  # replaced in each test by the test's own generator (conftest.py: rng)
 CELL = {"cell_h", "cell_add", "cell_sig", "cell_tanh", "cell_mul"}  # the nodes between state h and state hN
 
 

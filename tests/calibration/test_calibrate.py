@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.calibration import calibrate, calibrate_many, calibration_tensors, open_calibration_data
 from onnxopt.errors import UserError
 
-RNG = np.random.default_rng(0)
-W = RNG.standard_normal((8, 16)).astype(np.float32)
-B = RNG.standard_normal(16).astype(np.float32)
+_WEIGHTS_RNG = np.random.default_rng(0)  # the MLP's fixed weights, drawn once at import
+W = _WEIGHTS_RNG.standard_normal((8, 16)).astype(np.float32)
+B = _WEIGHTS_RNG.standard_normal(16).astype(np.float32)
 
 
 def _mlp():

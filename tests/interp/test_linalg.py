@@ -8,7 +8,7 @@ from test_nn import close, ort_node
 
 from onnxopt.interp.ops import linalg
 
-RNG = np.random.default_rng(2)
+RNG = np.random.default_rng(2)  # replaced in each test by the test's own generator (conftest.py: rng)
 
 
 @pytest.mark.parametrize("attrs", [dict(), dict(transA=1), dict(transB=1, alpha=0.5),

@@ -27,13 +27,40 @@ def _light_input(vi: onnx.ValueInfoProto) -> np.ndarray:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_model_matches_reference_output(name):
+    """The shipped reference output, except where it cannot be reproduced in float32 on every host.
+
+    These models' weights are constant per layer, so every class gets the same logit and the reference softmax is
+    uniform (0.001). Where the logits are huge (squeezenet: 9.5e9) that holds only if all 1000 come out
+    bit-identical: BLAS sums channels in a host-dependent order, a 1-ulp difference there is about 1e3, and the
+    softmax of logits 1e3 apart is peaked. So when a few ulps of the logits move the softmax (max|logit| x 2^-20 >
+    0.01), the test checks what the uniform reference means and what holds on every host: the Softmax input's
+    classes agree to float32 accumulation error (rtol 1e-6) and match onnxruntime's (rtol 1e-5)."""
     model = onnx.load(str(LIGHT / f"{name}.onnx"))
     inits = {t.name for t in model.graph.initializer}
     feeds = {vi.name: _light_input(vi) for vi in model.graph.input if vi.name not in inits}
     expected = onnx.numpy_helper.to_array(onnx.load_tensor(str(LIGHT / f"{name}_output_0.pb")))
-    got = Interpreter(model).run(feeds)[model.graph.output[0].name]
+    last = model.graph.node[-1]
+    logits_name = last.input[0] if last.op_type == "Softmax" else None
+    run = Interpreter(model).run(feeds, capture=[logits_name] if logits_name else None)
+    got = run[model.graph.output[0].name]
     assert got.shape == expected.shape and got.dtype == expected.dtype
-    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    logits = run.get(logits_name) if logits_name else None
+    if logits is None or np.abs(logits).max() * 2.0 ** -20 <= 0.01:
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+        return
+    np.testing.assert_allclose(expected, np.full_like(expected, 1.0 / expected.size), rtol=1e-5)  # uniform
+    flat = logits.reshape(-1).astype(np.float64)
+    np.testing.assert_allclose(flat, np.full_like(flat, flat.mean()), rtol=1e-6)
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.add().name = logits_name
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    want = sess.run([logits_name], feeds)[0]
+    np.testing.assert_allclose(logits, want, rtol=1e-5)
 
 
 ZOO_NAMES = sorted(zoo.ZOO)

@@ -12,7 +12,7 @@ from onnxopt.interp.ops import _nn_jit as J
 from onnxopt.interp.ops import _nn_np as P
 from onnxopt.interp.ops import nn
 
-RNG = np.random.default_rng(0)
+RNG = np.random.default_rng(0)  # replaced in each test by the test's own generator (conftest.py: rng)
 
 
 def ort_node(op, inputs: dict, n_out=1, opset=17, **attrs):
@@ -114,9 +114,7 @@ def test_pool_matches_onnxruntime(case, op):
         close(y, ref[0])
         np.testing.assert_array_equal(idx, ref[1])
         close(nn.max_pool(x, with_indices=False, **case), ref[0])  # the faster loop without indices
-    elif op == "LpPool":
-        if case.get("ceil_mode"):
-            pytest.skip("LpPool has no ceil_mode before opset 19")
+    elif op == "LpPool":  # opset 18: the first LpPool with ceil_mode and dilations
         ref = ort_node("LpPool", {"x": x}, p=2, opset=18, **case)
         close(nn.LpPool(x, p=2, **case), ref, rtol=1e-4)
     else:

@@ -11,7 +11,7 @@ from onnx import helper
 
 from onnxopt.interp import Interpreter
 
-RNG = np.random.default_rng(0)
+RNG = np.random.default_rng(0)  # replaced in each test by the test's own generator (conftest.py: rng)
 
 
 def single_node(op, inputs: dict, opset: int, **attrs) -> onnx.ModelProto:

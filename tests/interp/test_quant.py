@@ -11,7 +11,7 @@ from onnxopt.interp.ops import _nn_jit as J
 from onnxopt.interp.ops import _nn_np as P
 from onnxopt.interp.ops import quant as Q
 
-RNG = np.random.default_rng(1)
+RNG = np.random.default_rng(1)  # replaced in each test by the test's own generator (conftest.py: rng)
 
 
 def same(a, b):
@@ -87,14 +87,32 @@ def test_dynamic_quantize_matches_onnxruntime():
             same(np.asarray(g), np.asarray(r))
 
 
+def _u8s8_pairs_saturate_here() -> bool:
+    """Whether onnxruntime's u8 x s8 kernels on this host add pairs of products in a saturating int16: x86 without
+    VNNI runs them through VPMADDUBSW (255 x 127 x 2 > 32767). Unknown features count as saturating."""
+    from onnxopt.host import current_host
+
+    host = current_host()
+    return host.arch == "x86_64" and not host.vnni
+
+
+@pytest.mark.parametrize("weight_bits", [8, 7])
 @pytest.mark.parametrize("dt", [np.uint8, np.int8])
 @pytest.mark.parametrize("attrs", [dict(), dict(pads=[1, 1, 1, 1], strides=[2, 2]), dict(group=2, pads=[1, 0, 1, 0]),
                                    dict(group=4, pads=[1, 1, 1, 1])])
-def test_qlinearconv_and_convinteger_match_onnxruntime(dt, attrs):
+def test_qlinearconv_and_convinteger_match_onnxruntime(dt, attrs, weight_bits):
+    """The interpreter computes what the spec says (int32 accumulation). onnxruntime does too, except for u8
+    activations x full-range s8 weights on x86 without VNNI, where pairs of products saturate in int16: there the
+    spec is not what it computes, so that case is checked on VNNI and ARM hosts only. 7-bit weights
+    ([-64, 63], what reduce_range writes) cannot saturate, so they must be bit-exact on every host."""
+    if dt == np.uint8 and weight_bits == 8 and attrs.get("group", 1) < 4 and _u8s8_pairs_saturate_here():
+        pytest.skip("this host's onnxruntime u8 x s8 Conv saturates int16 pair sums (x86 without VNNI, VPMADDUBSW); "
+                    "the 7-bit-weight case checks bit-exactness here")
     lo, hi = Q.qrange(dt)
     g = attrs.get("group", 1)
     x = RNG.integers(lo, hi + 1, (1, 4, 7, 6), dtype=dt)
-    w = RNG.integers(-128, 128, (4, 4 // g, 3, 3), dtype=np.int8)
+    wlo = -(1 << (weight_bits - 1))
+    w = RNG.integers(wlo, -wlo, (4, 4 // g, 3, 3), dtype=np.int8)
     xs, xz = np.float32(0.02), dt(RNG.integers(lo, hi // 2 + 1))
     ws, wz = (RNG.random(4) * 0.01 + 0.001).astype(np.float32), np.zeros(4, np.int8)
     ys, yz = np.float32(0.07), dt(3)

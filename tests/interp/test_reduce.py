@@ -8,8 +8,8 @@ from test_nn import close, ort_node
 
 from onnxopt.interp.ops import reduce as R
 
-RNG = np.random.default_rng(3)
-X = (RNG.random((3, 4, 5)) + 0.1).astype(np.float32)
+RNG = np.random.default_rng(3)  # replaced in each test by the test's own generator (conftest.py: rng)
+X = (np.random.default_rng(3).random((3, 4, 5)) + 0.1).astype(np.float32)  # fixed, shared read-only
 
 
 @pytest.mark.parametrize("op", list(R.REDUCE_KERNELS))

@@ -15,7 +15,7 @@ from onnx import helper
 from onnxopt.interp import Interpreter
 from onnxopt.interp.ops import rnn
 
-RNG = np.random.default_rng(0)
+RNG = np.random.default_rng(0)  # replaced in each test by the test's own generator (conftest.py: rng)
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 T, B, I, H = 5, 3, 4, 6
 

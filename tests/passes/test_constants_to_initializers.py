@@ -1,6 +1,7 @@
 """ConstantsToInitializers: every value_* form, subgraph-local constants, declines, initializer inputs."""
 
 import numpy as np
+import pytest
 from differential import apply_passes, assert_equivalent, op_types
 from onnx import TensorProto, helper, numpy_helper
 
@@ -102,6 +103,7 @@ def test_keep_initializer_inputs_lists_recorded_names_again():
     assert_equivalent(before, after)
 
 
+@pytest.mark.realmodel
 def test_real_paddle_model_weights_in_constants():
     import onnx
 

@@ -11,7 +11,7 @@ from onnx import numpy_helper as nh
 from onnxopt.pass_manager import PassContext
 from onnxopt.passes.fold_batchnorm import FoldBatchNorm
 
-RNG = np.random.default_rng(0)
+RNG = np.random.default_rng(0)  # replaced in each test by the test's own generator (conftest.py: rng)
 
 
 def f32(*shape):

@@ -9,12 +9,14 @@ import numpy as np
 import onnx
 import pytest
 from differential import apply_passes
+from onnx import helper, numpy_helper
 
 from onnxopt.analysis.flops import count_costs
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
 from onnxopt.passes.prune_channels import PruneChannels
 from onnxopt.passes.reconstruct_weights import ReconstructWeights
+from onnxopt.recovery import PruneState
 from onnxopt.verify import compare_outputs, run_model
 
 _spec = importlib.util.spec_from_file_location(
@@ -30,11 +32,48 @@ def _prune(proto, ratio, **opts):
     return out, ctx
 
 
-def _check_runs(before, after, feeds):
+def _masked(before, after, kept):
+    """``before`` with every pruned channel multiplied by 0 where it is produced: without re-fitting, the pruned
+    model must compute exactly this (its consumers read only the kept channels, which are unchanged)."""
+    def shapes(m):
+        return {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                for vi in onnx.shape_inference.infer_shapes(m).graph.value_info}
+
+    s0, s1 = shapes(before), shapes(after)
+    m = onnx.ModelProto()
+    m.CopyFrom(before)
+    produced = {o for n in m.graph.node for o in n.output}
+    nodes = []
+    for src in before.graph.node:
+        n = onnx.NodeProto()
+        n.CopyFrom(src)
+        nodes.append(n)
+        for t in [o for o in n.output if o in kept and o in produced]:
+            axis = next(i for i, (a, b) in enumerate(zip(s0[t], s1[t], strict=True)) if a != b)
+            assert s1[t][axis] == len(kept[t]), (t, s0[t], s1[t])
+            mask = np.zeros([s0[t][axis]] + [1] * (len(s0[t]) - axis - 1), np.float32)
+            mask[kept[t]] = 1
+            n.output[list(n.output).index(t)] = f"{t}_unmasked"
+            m.graph.initializer.append(numpy_helper.from_array(mask, f"{t}_mask"))
+            nodes.append(helper.make_node("Mul", [f"{t}_unmasked", f"{t}_mask"], [t]))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+def _check_runs(before, after, feeds, ctx=None):
+    """``after`` is valid, runs, and agrees with the interpreter; given the ``ctx`` of a run without re-fitting,
+    it also computes exactly ``before`` with the pruned channels zeroed."""
     onnx.checker.check_model(after, full_check=True)
     got = run_model(after, feeds, "onnxruntime", optimize=False)
     ref = run_model(before, feeds, "onnxruntime", optimize=False)
     assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in ref.items()}
+    if ctx is not None:
+        kept = ctx.state(PruneState).kept
+        assert kept, "nothing was pruned"
+        want = run_model(_masked(before, after, kept), feeds, "onnxruntime", optimize=False)
+        diffs = compare_outputs(want, got, rtol=1e-4, atol=1e-5)
+        assert all(d.ok for d in diffs), diffs
     try:
         from onnxopt.interp import Interpreter  # noqa: F401
     except ImportError:
@@ -49,7 +88,7 @@ def test_structures_prune_to_valid_models(name):
     proto = dg.MODELS[name]()
     out, ctx = _prune(proto, 0.3, prune_min_keep=0.1)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
-    _check_runs(proto, out, feeds)
+    _check_runs(proto, out, feeds, ctx)
     report = ctx.cache["prune_report"]
     assert abs(report["flops_removed"] - 0.3) <= 0.05, report
     assert count_costs(out).flops == report["flops_after"]
@@ -62,7 +101,7 @@ def test_structures_prune_to_valid_models(name):
 def test_zoo_models(name):
     proto = build(name)
     out, ctx = _prune(proto, 0.4)
-    _check_runs(proto, out, sample_inputs(proto))
+    _check_runs(proto, out, sample_inputs(proto), ctx)
     report = ctx.cache["prune_report"]
     assert abs(report["flops_removed"] - 0.4) <= 0.05
     assert report["params_after"] < report["params_before"]
@@ -86,12 +125,17 @@ def test_round_to_and_cap():
         assert layer["channels_after"] >= layer["channels_before"] / 2
 
 
-@pytest.mark.parametrize("criterion", ["l2", "bn", "activation", "reconstruction"])
-def test_criteria_run(criterion):
+def test_criteria_score_for_themselves():
+    # each criterion scores the channels itself (none falls back to l2) and so keeps channels of its own
     proto = build("small_cnn")
     calib = [sample_inputs(proto, seed=i) for i in range(4)]
-    out, ctx = _prune(proto, 0.3, prune_criterion=criterion, calibration=calib)
-    _check_runs(proto, out, sample_inputs(proto))
+    choices = {}
+    for criterion in ("l1", "l2", "bn", "activation", "reconstruction"):
+        out, ctx = _prune(proto, 0.3, prune_criterion=criterion, calibration=calib, prune_reconstruct="none")
+        assert not [d for d in ctx.declines if "nothing to score" in d.reason], criterion
+        _check_runs(proto, out, sample_inputs(proto, seed=10), ctx)
+        choices[criterion] = tuple((t, tuple(k)) for t, k in sorted(ctx.state(PruneState).kept.items()))
+    assert len(set(choices.values())) == len(choices), choices
 
 
 def test_reconstruction_improves_fidelity():
@@ -133,7 +177,7 @@ def test_small_groups_round_to_multiples_of_4_when_the_target_needs_it():
     report = ctx.cache["prune_report"]
     assert abs(report["flops_removed"] - 0.3) <= 0.05, report["flops_removed"]
     assert all(layer["channels_after"] % 4 == 0 for layer in report["layers"]), report["layers"]
-    _check_runs(proto, out, sample_inputs(proto))
+    _check_runs(proto, out, sample_inputs(proto), ctx)
 
 
 def test_depthwise_conv_is_refitted():

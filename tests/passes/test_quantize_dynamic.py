@@ -16,7 +16,7 @@ from onnxopt.passes.quantize_dynamic import QuantizeDynamic
 from onnxopt.quant_scheme import QuantScheme
 from onnxopt.verify import compare_arrays, run_model
 
-RNG = np.random.default_rng(1)
+RNG = np.random.default_rng(1)  # replaced in each test by the test's own generator (conftest.py: rng)
 
 
 def f32(*shape):
@@ -61,12 +61,35 @@ def _gemm_model(trans_b=1, alpha=1.0, w_const=True):
 
 
 def test_gemm_trans_b_and_bias():
+    """The rewrite is judged in the spec's arithmetic (the interpreter), which is the same on every host.
+
+    onnxruntime is not the judge of full-range int8 weights: on x86 without VNNI its u8 x s8 MatMulInteger adds
+    pairs of products in a saturating int16 (VPMADDUBSW), so the same model scores cosine 0.94-0.99 there and
+    0.9999 on a VNNI host. With 7-bit weights (the x86-avx2 scheme) no pair can saturate, so there onnxruntime must
+    agree on every host; that case is checked in ``test_reduce_range_weights_run_exactly_in_onnxruntime``."""
     for tb in (0, 1):
         m = _gemm_model(tb)
         out, _ = dynamic(m)
         assert "Gemm" not in op_types(out) and "Add" in op_types(out)
         feeds = {"x": f32(2, 4)}
-        assert compare_arrays("y", run_model(m, feeds)["y"], run_model(out, feeds)["y"]).cosine > 0.995
+        assert compare_arrays("y", run_model(m, feeds)["y"], run_model(out, feeds, "reference")["y"]).cosine > 0.995
+
+
+def test_reduce_range_weights_run_exactly_in_onnxruntime():
+    """7-bit weights (x86-avx2): onnxruntime computes what the spec says on any x86 host, so its output equals the
+    interpreter's up to float rounding of the final scale multiply, and stays close to the float model."""
+    from onnxopt.targets import get_target
+
+    scheme = get_target("x86-avx2").scheme
+    for tb in (0, 1):
+        m = _gemm_model(tb)
+        out, _ = dynamic(m, scheme=scheme)
+        w = [nh.to_array(t) for t in out.graph.initializer if t.data_type == T.INT8]
+        assert w and all(-63 <= int(a.min()) and int(a.max()) <= 63 for a in w)
+        feeds = {"x": f32(2, 4)}
+        got, spec = run_model(out, feeds)["y"], run_model(out, feeds, "reference")["y"]
+        np.testing.assert_allclose(got, spec, rtol=1e-5, atol=1e-5)
+        assert compare_arrays("y", run_model(m, feeds)["y"], got).cosine > 0.995
 
 
 def test_declines():
@@ -91,7 +114,9 @@ def test_auto_rule():
 
     from onnxopt.errors import UserError
     from onnxopt.ir import Model
-    from onnxopt.targets.recipe_quantize import QuantizeAuto, choose_mode, quantize_steps
+    from onnxopt.passes.plan_precision import PlanPrecision
+    from onnxopt.targets.precision_policy import TargetPolicy
+    from onnxopt.targets.recipe_quantize import choose_mode, quantize_steps
 
     bert, cnn = Model.from_onnx(build("bert")), Model.from_onnx(build("resnet18"))
     assert choose_mode(bert, "auto", has_data=True) == "dynamic"
@@ -104,4 +129,4 @@ def test_auto_rule():
     with pytest.raises(UserError):
         quantize_steps(QuantScheme(), {"quantize": "int4"})
     with pytest.raises(UserError, match="--calib"):
-        QuantizeAuto(QuantScheme(), "static").run(cnn, PassContext())
+        PlanPrecision(TargetPolicy("generic", QuantScheme(), "static", {})).run(cnn, PassContext())

