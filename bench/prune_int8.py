@@ -37,8 +37,8 @@ def main() -> int:
     variants = {"fp32": model}
     for name, extra in (("int8", {}), (f"prune{args.prune}+int8", {"prune": args.prune})):
         start = time.perf_counter()
-        out, report = optimize_model(model, OptimizeOptions(target="x86-vnni", verify=False, extra={
-            "calibration": calib, "quantize": "static", **extra}))
+        out, report = optimize_model(model, OptimizeOptions.build(
+            target="x86-vnni", verify=False, calibration=calib, quantize="static", **extra))
         variants[name] = out
         flops = report.get("prune", {})
         print(f"{name}: built in {time.perf_counter() - start:.1f} s"

@@ -103,8 +103,7 @@ def load(name: str, n_calib: int, n_eval: int) -> tuple[onnx.ModelProto, list[di
 
 
 def ours(m: onnx.ModelProto, calib: list[dict], mode: str) -> tuple[onnx.ModelProto, float, str]:
-    opts = OptimizeOptions(verify=False, check=True,
-                           extra={"calibration": calib, "quantize": mode, "calib_holdout": 0})
+    opts = OptimizeOptions.build(verify=False, check=True, calibration=calib, quantize=mode, calib_holdout=0)
     t = time.perf_counter()
     out, report = optimize_model(m, opts)
     q = report.get("quantization") or {}

@@ -61,8 +61,8 @@ def bench(name: str, n_calib: int, n_test: int, rounds: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(Path(tmp) / "v.npz", **feeds[len(feeds) // 2])
         t0 = time.perf_counter()
-        quant, _ = optimize_model(proto, OptimizeOptions(inputs=str(Path(tmp) / "v.npz"),
-                                                         extra={"calibration": feeds, "quantize": "static"}))
+        quant, _ = optimize_model(proto, OptimizeOptions.build(inputs=str(Path(tmp) / "v.npz"),
+                                                               calibration=feeds, quantize="static"))
         t_opt = time.perf_counter() - t0
     frames, labels = datasets.speech_frames(n_test, seed=1)
     s32, s8 = _session(proto), _session(quant)

@@ -37,58 +37,30 @@ def _parse_tolerances(items: list[str] | None) -> dict[str, dict[str, float]]:
     return check_tolerances(per)
 
 
-def cmd_optimize(args: argparse.Namespace) -> int:
-    from onnxopt.pipeline import OptimizeOptions, optimize_file
-
-    if args.weights:
-        from onnxopt.weight_formats import parse_weights
-
-        parse_weights(args.weights)  # a malformed --weights fails before any work, in one line
-    if args.recover is not None:
-        from onnxopt.targets.recipe_recover import parse_recover
-
-        parse_recover(args.recover)  # a malformed --recover fails before any work, in one line
-    extra: dict[str, Any] = {
-        "keep_initializer_inputs": args.keep_initializer_inputs,
-        "calibration": args.calib,
-        "quantize": args.quantize,
-        "calib_method": args.calib_method,
-        "calib_samples": args.calib_samples,
-        "exclude_nodes": args.exclude_nodes or [],
-        "exclude_ops": args.exclude_ops or [],
-        "prune": args.prune,
-        "prune_criterion": args.prune_criterion,
-        "prune_exclude": args.prune_exclude or [],
-        "sparsity": args.sparsity,
-        "prune_scope": args.prune_scope,
-        "prune_round_to": args.prune_round_to,
-        "prune_min_keep": args.prune_min_keep,
-        "prune_reconstruct": args.prune_reconstruct,
-        "int8_min_conv_macs": args.int8_min_conv_macs,
-        "fp16": args.fp16,
-        "weights": args.weights,
-        "recover": args.recover,
-        "per_tensor_weights": args.per_tensor_weights or None,
-        "plan": args.plan,
-        "precision_formats": args.precision_formats,
-        "plan_executor": args.plan_executor or "process",  # the console entry point can spawn workers
-    }
-    extra = {k: v for k, v in extra.items() if v is not None}  # unset flags leave the passes' own defaults
-    options = OptimizeOptions(
-        target=args.target, min_opset=args.opset, verify=not args.no_verify, rtol=args.rtol, atol=args.atol,
-        min_cosine=args.min_cosine, allow_mismatch=args.allow_mismatch, inputs=args.inputs, debug=args.debug,
-        debug_engine=args.debug_engine, progress=sys.stderr.isatty(),
-        dump_dir=args.dump_dir, extra=extra, budget=args.budget or [], metric=args.metric, max_drop=args.max_drop,
-        save_plan=args.save_plan,
-    )
-    options.make_budget()  # a malformed --budget / --metric fails before any work, in one line
-    report = optimize_file(args.input, args.output, options)
+def _write_reports(args: argparse.Namespace, report: dict[str, Any]) -> None:
     if args.report:
         _write_json(args.report, report)
     if args.report_html:
         from onnxopt.html_report import write_html
 
         write_html(report, args.report_html)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from onnxopt.options import options_from_args
+    from onnxopt.pipeline import optimize_file
+
+    options = options_from_args(args, progress=sys.stderr.isatty())
+    try:
+        report = optimize_file(args.input, args.output, options)
+    except VerificationError as e:  # refused: the report says why (written: false), where --report asks
+        if e.report is not None:
+            _write_reports(args, e.report)
+        written = [p for p in (args.report, args.report_html) if p]
+        hint = (f"the report is in {' and '.join(written)}" if written else "pass --report r.json to see why")
+        raise VerificationError(f"{e} ({hint}; or pass --allow-mismatch to write it anyway)", report=e.report
+                                ) from None
+    _write_reports(args, report)
     verdict = report.get("verify")
     status = ("" if not verdict else " not verified (see the warning)" if verdict["ok"] is None
               else " outputs verified" if verdict["ok"] else " OUTPUTS MOVED (allowed)")

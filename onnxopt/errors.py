@@ -10,4 +10,9 @@ class PassError(Exception):
 
 
 class VerificationError(Exception):
-    """The optimized model's outputs moved past the allowed budget; nothing was written."""
+    """The optimized model's outputs moved past the allowed budget; nothing was written. ``report``: the run's
+    report (``"written": false``), for the CLI to write where ``--report`` asks and for library callers to read."""
+
+    def __init__(self, message: str, report: dict | None = None):
+        super().__init__(message)
+        self.report = report

@@ -1,11 +1,14 @@
-"""optimize(): load -> target pipeline -> verify -> report. The CLI and library users call this."""
+"""optimize(): load -> target pipeline -> verify -> report -> save. The CLI and ``onnxopt.optimize`` call this.
+
+``OptimizeOptions`` (``onnxopt.options``, re-exported here) holds the typed options; ``optimize_model`` runs them on a
+ModelProto, ``write_result`` refuses a result outside the budget or writes it (model, plan), and ``optimize_file`` is
+both from a file. A refused run raises ``VerificationError`` whose ``report`` says ``"written": false``."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +17,13 @@ import onnx
 
 from onnxopt import __version__, model_io
 from onnxopt import host as host_mod  # looked up per call, so tests can stand in another host
-from onnxopt.budget import Budget, CustomMetric, output_producers
+from onnxopt.budget import Budget, output_producers
 from onnxopt.errors import PassError, UserError, VerificationError
 from onnxopt.input_checks import FeedsTooLarge
 from onnxopt.inspect_model import node_count, op_histogram
 from onnxopt.ir import Model
 from onnxopt.model_io import check_writable, load_model, save_model
+from onnxopt.options import OptimizeOptions
 from onnxopt.pass_manager import PassContext, PassManager
 from onnxopt.quant_report import open_calibration, quantization_report
 from onnxopt.recovery import RecoveryReport
@@ -34,46 +38,6 @@ from onnxopt.verify import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OptimizeOptions:
-    target: str = "generic"
-    min_opset: int | None = None
-    verify: bool = True
-    rtol: float = 1e-3
-    atol: float = 1e-4
-    min_cosine: float = 0.99
-    allow_mismatch: bool = False
-    inputs: str | None = None
-    debug: bool = False
-    debug_engine: str = "onnxruntime"
-    progress: bool = False
-    dump_dir: str | None = None
-    check: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-    # the accuracy budget of lossy pipelines (onnxopt.budget): ``--budget`` terms (default: cosine >= min_cosine,
-    # top-1 agreement for probabilities), or a user's metric (a CustomMetric, or "module:function") with max_drop
-    budget: list[str] = field(default_factory=list)
-    metric: Any = None
-    max_drop: float | None = None
-    save_plan: str | None = None  # --save-plan: the precision plan is written here with the model
-
-    def make_budget(self) -> Budget:
-        custom = self.metric
-        if isinstance(custom, str):
-            custom = CustomMetric.from_spec(custom, self.max_drop)
-        elif callable(custom) and not isinstance(custom, CustomMetric):
-            if self.max_drop is None:
-                raise UserError("metric=... needs max_drop=D (how much the metric may fall)")
-            custom = CustomMetric(custom, float(self.max_drop), getattr(custom, "__name__", "metric"))
-        return Budget.parse(self.budget, self.min_cosine, custom)
-
-    def pass_options(self) -> dict[str, Any]:
-        opts = dict(self.extra)
-        if self.min_opset is not None:
-            opts["min_opset"] = self.min_opset
-        return opts
 
 
 def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions, *, source: str | Path | None = None
@@ -92,7 +56,8 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions, *, source: 
     feeds = _feeds_for(proto, options, held, ctx.calibration)
     verifier = None
     if options.debug and feeds is not None:
-        verifier = make_pass_verifier(proto, feeds, engine=options.debug_engine, rtol=options.rtol, atol=options.atol)
+        verifier = make_pass_verifier(proto, feeds, engine=options.debug_engine, rtol=options.verification.rtol,
+                                      atol=options.verification.atol)
     manager = PassManager(target.pipeline(ctx.options), check=options.debug, verifier=verifier,
                           dump_dir=options.dump_dir)
     model = Model.from_onnx(proto)
@@ -137,7 +102,7 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions, *, source: 
         report["plan"] = {**ctx.plan.to_dict(), "summary": ctx.plan.summary()}
         if ctx.plan.timing is not None:
             report["speed_check"] = ctx.plan.timing.to_report()
-    if options.verify and feeds is not None:
+    if options.verification.verify and feeds is not None:
         before = source if source is not None and model_io.is_large(proto) else proto
         report["verify"] = _verify(before, run_out, feeds, options, lossy=manager_report.lossy_changes,
                                    budget=budget, held=held)
@@ -149,9 +114,10 @@ def _feeds_for(proto: onnx.ModelProto, options: OptimizeOptions, held, calibrati
     """What verification runs on: ``--inputs``, else a real sample (held back from calibration when there is
     one), else generated inputs. Quantized models must be judged on data like the calibration data: on random
     inputs their error says little about their error in use."""
-    if options.inputs:
-        return check_feeds(proto, load_feeds(options.inputs), f"--inputs {options.inputs}")
-    if not (options.verify or options.debug):
+    inputs = options.verification.inputs
+    if inputs:
+        return check_feeds(proto, load_feeds(inputs), f"--inputs {inputs}")
+    if not (options.verification.verify or options.debug):
         return None
     for data in (held, calibration):
         if data is not None and getattr(data, "reiterable", False):
@@ -193,11 +159,11 @@ def _verify(before: onnx.ModelProto | os.PathLike, after: onnx.ModelProto | os.P
             engine, why = "onnxruntime", f"{why}; but the interpreter cannot run it ({e}), so this host's figure stands"
             log.warning("verifying on this host's onnxruntime: %s", why)
         else:
-            host_diffs = compare_outputs(ref, got, rtol=options.rtol, atol=options.atol)
+            host_diffs = compare_outputs(ref, got, rtol=options.verification.rtol, atol=options.verification.atol)
             host_note = {"this_host_onnxruntime_min_cosine": round(min((d.cosine for d in host_diffs), default=1.0), 6)}
             log.info("verdict in the spec's int8 arithmetic (reference interpreter): %s", why)
             got = spec
-    diffs = compare_outputs(ref, got, rtol=options.rtol, atol=options.atol)
+    diffs = compare_outputs(ref, got, rtol=options.verification.rtol, atol=options.verification.atol)
     terms: list[dict[str, Any]] = []
     if lossy:
         result = _judge_budget(before, after, feeds, ref, got, budget or options.make_budget(), held,
@@ -206,7 +172,7 @@ def _verify(before: onnx.ModelProto | os.PathLike, after: onnx.ModelProto | os.P
         terms = [{"term": t.label, "value": t.value, "ok": t.ok, "usage": t.usage} for t in result.terms]
     else:
         ok = all(d.ok for d in diffs)
-        budget_text = f"rtol {options.rtol}, atol {options.atol}"
+        budget_text = f"rtol {options.verification.rtol}, atol {options.verification.atol}"
     table = format_diffs(diffs)
     if not ok:
         log.warning("outputs moved beyond the budget (%s):\n%s", budget_text, table)
@@ -291,37 +257,55 @@ def _declined(ctx: PassContext) -> dict[str, Any]:
     return out
 
 
-def optimize_file(src: str | Path, dst: str | Path, options: OptimizeOptions) -> dict[str, Any]:
-    """Load ``src``, optimize, and write ``dst`` atomically. ``src`` is never written."""
-    src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+def check_output(dst: str | Path, options: OptimizeOptions, src: str | Path | None = None) -> None:
+    """Before any work: ``dst`` (and ``--save-plan``) can be written and ``dst`` is not the input file."""
+    dst = Path(dst)
+    if src is not None and dst.exists() and Path(src).exists() and dst.resolve() == Path(src).resolve():
         raise UserError(f"{dst}: the output would overwrite the input; choose another output path")
     check_writable(dst)
-    if options.save_plan:
-        check_writable(options.save_plan)
-    proto = load_model(src)
-    out, report = optimize_model(proto, options, source=src)
+    if options.quantization.save_plan:
+        check_writable(options.quantization.save_plan)
+
+
+def write_result(out: onnx.ModelProto, report: dict[str, Any], dst: str | Path, options: OptimizeOptions,
+                 src: str | Path | None = None) -> dict[str, Any]:
+    """Write ``out`` to ``dst`` atomically (external data for large models) and the plan to ``--save-plan``; or,
+    when the outputs moved beyond the budget and mismatches are not allowed, write nothing and raise
+    ``VerificationError`` carrying ``report`` (``"written": false``, ``"refused"``: why). ``report`` gains the paths,
+    the build command and the file sizes."""
+    dst = Path(dst)
+    if src is not None:
+        report["input"] = str(src)
+        report["file_bytes_before"] = model_io.file_bytes(src)  # with its external data files
+    report["output"] = str(dst)
     verdict = report.get("verify")
-    if verdict and verdict["ok"] is False and not options.allow_mismatch:
-        raise VerificationError(f"the optimized model's outputs moved beyond the budget ({verdict['budget']}); "
-                                f"nothing was written (see --report, or pass --allow-mismatch to write it anyway)")
+    if verdict and verdict["ok"] is False and not options.verification.allow_mismatch:
+        message = f"the optimized model's outputs moved beyond the budget ({verdict['budget']}); nothing was written"
+        report["written"], report["refused"] = False, message
+        raise VerificationError(message, report=report)
     save_model(out, dst)
-    if options.save_plan:
+    report["written"] = True
+    save_plan = options.quantization.save_plan
+    if save_plan:
         if "plan" not in report:
-            log.warning("--save-plan %s: no plan was made (nothing was quantized), so none was written",
-                        options.save_plan)
+            log.warning("--save-plan %s: no plan was made (nothing was quantized), so none was written", save_plan)
         else:
             from onnxopt.plan import Plan
 
-            Plan.from_dict(report["plan"]).save(options.save_plan)
-            report["plan_file"] = str(options.save_plan)
-    report["input"], report["output"] = str(src), str(dst)
+            Plan.from_dict(report["plan"]).save(save_plan)
+            report["plan_file"] = str(save_plan)
     from onnxopt.targets import get_target
 
-    target = get_target(options.target)
-    command = target.build_command(str(dst))
+    command = get_target(options.target).build_command(str(dst))
     if command:
         report["build_command"] = command
-    report["file_bytes_before"] = model_io.file_bytes(src)  # with its external data files
     report["file_bytes_after"] = model_io.file_bytes(dst)
     return report
+
+
+def optimize_file(src: str | Path, dst: str | Path, options: OptimizeOptions) -> dict[str, Any]:
+    """Load ``src``, optimize, and write ``dst`` atomically (``write_result``). ``src`` is never written."""
+    check_output(dst, options, src)
+    proto = load_model(src)
+    out, report = optimize_model(proto, options, source=src)
+    return write_result(out, report, dst, options, src)

@@ -160,7 +160,7 @@ class Plan:
     """Region -> format + reason for one model and target; what the Q/DQ writer applies."""
 
     target: str
-    mode: str  # static | dynamic | none
+    mode: str  # static | dynamic | none | weights (weight-only formats per layer, passes/plan_weights.py)
     regions: list[Region] = field(default_factory=list)
     choices: dict[str, RegionPlan] = field(default_factory=dict)
     budget: str = ""
@@ -170,6 +170,7 @@ class Plan:
     speed: SpeedCheck | None = None  # the cost model's whole-model verdict
     timing: SpeedCheck | None = None  # int8 timed against float on this host, or why not (auto mode only)
     note: str = ""
+    weights: str = ""  # mode "weights": the --weights format the plan starts every layer with
     version: int = PLAN_VERSION
     # the QuantScheme the plan was made in (not saved: a loaded plan is applied in the target's scheme)
     scheme: Any = field(default=None, compare=False, repr=False)
@@ -213,8 +214,11 @@ class Plan:
         judged."""
         if self.mode in ("none", "dynamic") and not self.regions:
             return f"plan: quantize {self.mode}" + (f" ({self.note})" if self.note else "")
+        if self.mode == "weights":
+            return self._weights_summary()
         others = [r for r in self.regions if self.choices[r.id].format != INT8]
-        head = f"plan: {len(self.regions) - len(others)} of {len(self.regions)} regions int8"
+        head = f"plan: {len(self.regions) - len(others)} of {len(self.regions)} regions int8" + (
+            " (dynamic)" if self.mode == "dynamic" else "")
         speed = f"; {self.speed_source()}" if self.speed_source() else ""
         if not others:
             return head + (f" ({self.note})" if self.note else "") + speed
@@ -234,6 +238,22 @@ class Plan:
                 line.append(f"{label}: " + "; ".join(parts))
         return "; ".join(line) + speed
 
+    def _weights_summary(self) -> str:
+        """A weight plan's line: how many weighted layers got the --weights format, which went back and why."""
+        start = self.weights
+        back = [r for r in self.regions if self.choices[r.id].format != start]
+        line = f"plan: {len(self.regions) - len(back)} of {len(self.regions)} weighted layers {start or 'quantized'}"
+        by_reason: dict[str, list[str]] = {}
+        for r in back:
+            c = self.choices[r.id]
+            by_reason.setdefault(f"{c.format}: {c.reason.split(' (')[0]}", []).append(r.id)
+        parts = []
+        for why, ids in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+            parts.append(", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "") + f" ({why})")
+        if parts:
+            line += "; went back: " + "; ".join(parts)
+        return line + (f" ({self.note})" if self.note else "")
+
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +264,7 @@ class Plan:
             "budget": self.budget,
             "source": self.source,
             "note": self.note,
+            **({"weights": self.weights} if self.weights else {}),
             "regions": [{**_region_dict(r), **asdict(self.choices[r.id])} for r in self.regions],
             "steps": [asdict(s) for s in self.steps],
             "latency_unit": self.latency_unit,
@@ -289,7 +310,7 @@ class Plan:
         return cls(target=str(data.get("target", "")), mode=str(data.get("mode", "static")), regions=regions,
                    choices=choices, budget=str(data.get("budget", "")), source=str(data.get("source", "file")),
                    steps=steps, latency_unit=str(data.get("latency_unit", "")), speed=speed, timing=timing,
-                   note=str(data.get("note", "")))
+                   note=str(data.get("note", "")), weights=str(data.get("weights", "")))
 
     @classmethod
     def from_json(cls, text: str, where: str = "plan") -> Plan:

@@ -18,6 +18,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 from onnx import TensorProto, numpy_helper
 from onnx_graphsurgeon.ir.tensor import LazyValues
@@ -88,6 +89,16 @@ class QuantizedLayer:
             return x
         s, z, lo, hi = self.input_quant
         return (np.clip(np.rint(np.asarray(x, np.float64) / s) + z, lo, hi) - z) * s
+
+
+def float_weights(proto: onnx.ModelProto) -> tuple[dict[str, onnx.NodeProto], dict[str, onnx.TensorProto]]:
+    """Nodes by name and constant tensors (initializers, Constant nodes) by name of the float reference; read one
+    with ``tensor_files.tensor_array`` (a large model's weight from its file, only when asked for)."""
+    consts = {t.name: t for t in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = n.attribute[0].t
+    return {n.name: n for n in proto.graph.node if n.name}, consts
 
 
 def scheme_of(ctx: Any) -> Any:

@@ -9,13 +9,13 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
-from onnxopt.analysis.layerwise import Layer, capture, held_out, output_error, plan_rows, targets
+from onnxopt.analysis.layerwise import Layer, held_out, output_error, plan_rows, targets
+from onnxopt.analysis.layerwise_capture import InputCapture
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 from onnxopt.recovery import FloatReference, LayerError, recovery_report
 
-from ._qdq_layers import QuantizedLayer, quantized_layers, read_layer, scheme_of, write_bias
-from .fit_quantized_weights import float_weights
+from ._qdq_layers import QuantizedLayer, float_weights, quantized_layers, read_layer, scheme_of, write_bias
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ class CorrectBias(Pass):
     """Empirical bias correction: per output channel, the mean shift between float and quantized outputs -> bias.
 
     Runs after Q/DQ insertion (and after FitQuantizedWeights when both run); reads the ``recovery.FloatReference``
-    recorded before quantization. For each Conv, Gemm and MatMul whose weight is a DequantizeLinear of constant
-    integers, the shift ``E[W x] - E[Q(W) Q(x)]`` per output channel, over every output position of every
+    recorded before quantization. For each Conv and Gemm whose weight is a DequantizeLinear of constant integers,
+    the shift ``E[W x] - E[Q(W) Q(x)]`` per output channel, over every output position of every
     calibration sample, goes into its bias. ``bias_correction``:
 
     - ``auto`` (default): ``sequential`` after FitQuantizedWeights (whose biases already carry the error that
@@ -38,13 +38,14 @@ class CorrectBias(Pass):
       quantized form goes through the layer's own input Q/DQ; one pass over the calibration data on the float
       model measures every layer (the means of its im2col rows, so the shift is exact for those inputs);
     - ``sequential`` (NNCF's BiasCorrection): layer by layer in graph order, the shift between the float model's
-      output and the quantized model's, as corrected so far (a pass over the data per layer; catches the error
-      that reaches a layer from the layers before it).
+      output and the quantized model's, as corrected so far (catches the error that reaches a layer from the layers
+      before it); each output is computed from the layer's input, itself from the inputs kept for the layers
+      before (``layerwise_capture.InputCapture``), not by running the whole prefix per layer.
 
     The shifts are measured on three calibration samples in four; the fourth (when there are at least four) judges
-    the whole model: when the corrected model's outputs are further from the float model's there than the
-    uncorrected ones, every bias is put back (declined, with both errors in the report); else the fast form measures
-    the shifts again on every sample.
+    the whole model: when the corrected model's outputs (a Softmax's logits) are further from the float model's there
+    than the uncorrected ones, every bias is put back (declined, with both errors in the report); else the fast form
+    measures the shifts again on every sample.
 
     Rewrites: the int32 values of the bias's DequantizeLinear (its scale stays input scale x weight scale), a float
     bias constant, or a new bias where a Conv/Gemm had none (int32 with that scale when the input is quantized and
@@ -156,11 +157,15 @@ class CorrectBias(Pass):
         sums = [(ql.layer, rn.input[0], rn.output[0], None) for ql, rn in todo]
         tg = targets(ref.model, ref.feeds, plan, outs, sums=sums)
         done = 0
+        cap = InputCapture(ref.feeds)  # each output from the layer's input, kept: not the whole prefix each time
         for ql, rn in ctx.progress_bar(todo, "bias", unit="layer", leave=False):
             lay, out = ql.layer, rn.output[0]
             name = ql.node.outputs[0].name
             total, count, got = 0.0, 0, []
-            for f, values in enumerate(capture(model.to_onnx(), ref.feeds, [name], optimize=False)):
+            proto = model.to_onnx()
+            cap.values(proto, ql.node.inputs[0].name)  # final: depends on corrected layers only
+            for f, value in enumerate(cap.values(proto, name, keep=False)):  # changes with this layer's bias
+                values = {name: value}
                 y = np.asarray(values[name], dtype=np.float64)
                 ys = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]) if lay.op == "Conv" else y.reshape(-1, y.shape[-1])
                 total, count = total + ys.sum(0), count + len(ys)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 import onnx
 
-from onnxopt.analysis.layerwise import Layer, held_out, inputs, plan_rows, rows_for, targets
+from onnxopt.analysis.layerwise import Layer, held_out, inputs, output_error, plan_rows, rows_for, targets
+from onnxopt.analysis.layerwise_capture import InputCapture
 from onnxopt.analysis.layerwise_solvers import (
     AdaRoundConfig,
     Objective,
@@ -22,21 +24,11 @@ from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 from onnxopt.recovery import FloatReference, LayerError, recovery_report
 from onnxopt.tensor_files import tensor_array
 
-from ._qdq_layers import QuantizedLayer, quantized_layers, scheme_of, write_bias, write_weight
+from ._qdq_layers import QuantizedLayer, float_weights, quantized_layers, scheme_of, write_bias, write_weight
 
 log = logging.getLogger(__name__)
 
 HEAD_PASS_THROUGH = {"Softmax", "Flatten", "Reshape", "Identity", "Squeeze"}
-
-
-def float_weights(proto: onnx.ModelProto) -> tuple[dict[str, onnx.NodeProto], dict[str, onnx.TensorProto]]:
-    """Nodes by name and constant tensors (initializers, Constant nodes) by name of the float reference; read one
-    with ``tensor_array`` (a large model's weight from its file, only when asked for)."""
-    consts = {t.name: t for t in proto.graph.initializer}
-    for n in proto.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            consts[n.output[0]] = n.attribute[0].t
-    return {n.name: n for n in proto.graph.node if n.name}, consts
 
 
 def _trans_b(node: onnx.NodeProto) -> bool:
@@ -71,8 +63,9 @@ class FitQuantizedWeights(Pass):
     Runs after Q/DQ insertion; reads the ``recovery.FloatReference`` that KeepFloatReference recorded before
     quantization. For each Conv (2-D, grouped and depthwise ones group by group), Gemm and MatMul whose weight is a
     DequantizeLinear of constant integers, in graph order: the layer's input rows come from the quantized model with
-    the layers before it already fitted (onnxruntime, Q/DQ in float), its targets from the float model's output of
-    the same node, at the same sampled positions; then
+    the layers before it already fitted (onnxruntime, Q/DQ in float; computed from the inputs captured for the
+    layers before, ``layerwise_capture.InputCapture``, unless ``fit_incremental`` is False: the same values), its
+    targets from the float model's output of the same node, at the same sampled positions; then
 
     - ``fit_scales`` (default on, symmetric weights): the clipping scale, per output channel when the weight is
       per channel, else per tensor, chosen from 0.5..1 x the current scale by the output error with nearest rounding;
@@ -86,8 +79,13 @@ class FitQuantizedWeights(Pass):
       default 4) float and quantized outputs, blind to a shift of all logits (measured: with 16-32 calibration
       samples it fitted that layer worse than ``mse`` did, judged on logits); ``kl``: KL wherever a layer has one
       group;
+    - a layer with fewer training rows than ``fit_min_rows`` (default 1) x its weights per output channel (one
+      row per sample after a global pooling: squeeze-excite convs, classifier heads) gets its bias fitted only;
+      scales and rounding would interpolate the calibration samples (measured on ppocr_cls: they did);
     - the candidate (as quantized; its bias refitted; new scales; new rounding) with the lowest error on held-out
-      calibration samples (one in four) is kept, so a layer never gets worse on them.
+      calibration samples (one in four) is kept, so a layer never gets worse on them; and when the fitted model's
+      outputs are further from the float model's on those samples than before, every layer is put back (declined,
+      both errors in the report).
 
     Rewrites the integer weights and weight scales in place (new initializers), and the bias (int32, scale = input
     scale x weight scale, requantized when the weight scale changed; added where a Conv/Gemm had none). Records
@@ -145,10 +143,16 @@ class FitQuantizedWeights(Pass):
         temperature = float(ctx.option("fit_temperature") or 4.0)
         counts = {"bias": 0, "scales": 0, "adaround": 0, "kept": 0}
         changed = 0
+        held = [f for f, u in zip(feeds, use, strict=True) if not u]
+        before = model.to_onnx() if held else None
+        first = len(recovery_report(ctx).layers)
+        cap = InputCapture(feeds) if ctx.option("fit_incremental", True) else None
         for ql, rn, wf in ctx.progress_bar(todo, "fit", unit="layer", leave=False):
             t0 = time.perf_counter()
             kl = objective == "kl" or (objective == "auto" and classifier_head(ref.model, rn))
-            xs = inputs(model.to_onnx(), feeds, ql.layer, ql.node.inputs[0].name, rn.output[0], plan, optimize=False)
+            proto, x_name = model.to_onnx(), ql.node.inputs[0].name
+            xs = (cap.inputs(proto, ql.layer, x_name, rn.output[0], plan) if cap is not None else
+                  inputs(proto, feeds, ql.layer, x_name, rn.output[0], plan, optimize=False))
             t1 = time.perf_counter()
             means = (xs.mean(use), tg.out_mean(rn.output[0], use))  # over every position, not the sampled ones
             choice, err0, err1 = self._fit(model, ql, wf, np.concatenate(xs.rows), tg.rows[rn.output[0]],
@@ -161,10 +165,23 @@ class FitQuantizedWeights(Pass):
             recovery_report(ctx).add(LayerError(ql.node.name, "fit", err0, err1, "quantized",
                                                 f"{choice}{', kl' if kl else ''}, {t2 - t0:.2f} s"))
         model.graph.cleanup().toposort()
-        summary.layers += len(todo)
-        summary.seconds += time.perf_counter() - start
         for k, v in counts.items():
             summary.detail[k] = summary.detail.get(k, 0) + v
+        if before is not None and changed:  # the whole model, on the held-out samples: never further from float
+            e0, e1 = output_error(ref.model, before, held), output_error(ref.model, model.to_onnx(), held)
+            summary.detail.update({"held_out_error_before": float(f"{e0:.6g}"), "held_out_error_after":
+                                   float(f"{e1:.6g}"), "held_out_samples": len(held), "applied": e1 <= e0})
+            if e1 > e0:
+                model.replace_with(before)
+                rep = recovery_report(ctx)  # the layers are as quantized again: their error is the one before
+                rep.layers[first:] = [replace(e, after=e.before, note=f"{e.note}, reverted") if e.step == "fit"
+                                      else e for e in rep.layers[first:]]
+                ctx.decline(self.name, "model", f"the fitted model was further from the float one on held-out "
+                            f"calibration samples ({e1:.3g} > {e0:.3g}, relative squared error): weights kept")
+                summary.seconds += time.perf_counter() - start
+                return PassResult(False, {"layers_reverted": changed})
+        summary.layers += len(todo)
+        summary.seconds += time.perf_counter() - start
         return PassResult(changed > 0, {"layers_fitted": changed, **counts})
 
     def _fit(self, model: Model, ql: QuantizedLayer, wf: np.ndarray, x: np.ndarray, y: np.ndarray, held: np.ndarray,
@@ -200,10 +217,13 @@ class FitQuantizedWeights(Pass):
         denom = max(float(np.sum(y[check].astype(np.float64) ** 2)), 1e-30)
         w, grid, q0 = lay.matrix(wf), ql.grid(), lay.matrix(ql.q)
         cands = {"bias": (grid, q0)} if fit_bias else {}
-        if bool(ctx.option("fit_scales", True)) and not np.any(ql.zero_point):
+        # fewer training rows than weights per output (a layer after a global pooling sees one row per sample):
+        # scales and rounding would interpolate the calibration data; only the bias (one unknown) is fitted
+        enough = int(train.sum()) >= float(ctx.option("fit_min_rows", 1.0)) * k
+        if bool(ctx.option("fit_scales", True)) and not np.any(ql.zero_point) and enough:
             g1, _ = search_scales(fit_obj, w, grid, ql.per_channel)
             cands["scales"] = (g1, g1.nearest(w))
-        if bool(ctx.option("fit_rounding", True)):
+        if bool(ctx.option("fit_rounding", True)) and enough:
             base = min([(grid, q0), *cands.values()], key=lambda c: float(fit_obj.errors(c[0].value(c[1])).sum()))[0]
             cands["adaround"] = (base, adaround(fit_obj, w, base, cfg))
         kept = float((judge if kl else plain).errors(grid.value(q0)).sum())

@@ -3,8 +3,10 @@
 Analysis step: the model is not changed. Steps, each shaped by the target's policy (``PrecisionPolicy``, built in
 ``targets/precision_policy.py``; without one, ``DefaultPolicy``):
 
-1. the mode (static, dynamic, none) for this model and data (``policy.choose_mode``); only static is planned per
-   region, dynamic and none give a plan with no regions that ``QuantizeDynamic``/``QuantizeStatic`` read;
+1. the mode (static, dynamic, none) for this model and data (``policy.choose_mode``); dynamic is planned per
+   MatMul/Gemm (dynamic int8 or float, ``_plan_backoff.plan_dynamic``: the same budget, sensitivity, back-off and
+   speed judgement as below) when there are samples to judge on, else it gives a plan with no regions (every
+   MatMul/Gemm, timed against float as a whole where the host stands for the target); none gives no regions;
 2. the regions (``analysis.regions.build_regions``), shaped by the target (``policy.adjust``), and the calibrated
    ranges of their tensors (``activation_ranges``, cached in ``ctx.cache`` for the writer);
 3. a user's plan (``options["plan"]``: a path or a ``Plan``) is applied exactly as given and nothing below runs;
@@ -41,10 +43,8 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from onnxopt.analysis.plan_search import search
 from onnxopt.analysis.qdq_placement import shapes_at
 from onnxopt.analysis.regions import RegionGraph, build_regions, calibration_tensors, default_formats
-from onnxopt.analysis.sensitivity import EvalCache, back_off_order, make_executor, measure
 from onnxopt.budget import Budget, BudgetResult, Judge
 from onnxopt.errors import UserError
 from onnxopt.ir import Model
@@ -52,7 +52,8 @@ from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 from onnxopt.plan import FLOAT, INT8, Plan, Region, RegionPlan, SpeedCheck, format_spec
 from onnxopt.quant_scheme import QuantScheme
 
-from ._plan_choice import apply_choice, speed_line, time_candidates
+from ._plan_backoff import back_off
+from ._plan_choice import speed_line
 from ._plan_writer import write_plan
 from ._qdq import QDQWriter, _Names
 from .calibrate_activations import activation_ranges
@@ -182,8 +183,8 @@ class PlanPrecision(Pass):
         if policy.timing_note and mode != "none":
             log.info("int8 not timed against float (%s); %s quantization chosen by rule", policy.timing_note, mode)
             plan.timing = SpeedCheck("", "not measured", reason=policy.timing_note)
-        if mode == "dynamic" and policy.measure:
-            plan = self._measure_dynamic(model, ctx, policy, plan)
+        if mode == "dynamic":
+            plan = self._dynamic(model, ctx, policy, plan, scheme, budget)
         if mode != "static":
             ctx.plan = plan
             return PassResult(False)
@@ -236,35 +237,11 @@ class PlanPrecision(Pass):
                 evaluator: CandidateEvaluator, budget: Budget) -> tuple[Plan, bool]:
         """The back-off search and the choice among its steps (timed where ``policy.measure``); (plan, whether it
         ran: without samples to judge on, the default plan is returned)."""
-        samples = _samples(ctx)
-        if not samples:
-            log.info("no samples to judge the budget on (read-once calibration data): the default plan is used")
-            return plan, False
-        proto = model.to_onnx()
-        evaluator.model_bytes = proto.SerializeToString()
-        evaluator.judge = Judge.create(proto, samples, budget)
-        cache = EvalCache(evaluator)
-        start = plan.formats()
-        searchable = [rid for rid, f in start.items() if f == INT8]
-        fixed = {rid: f for rid, f in start.items() if rid not in searchable}
-        first = cache(start)
-        sens = {}
-        if not first.ok or ctx.option("plan_sensitivity") == "always":
-            executor, owned = make_executor(ctx.option("plan_executor"), 2 * len(searchable), evaluator)
-            try:
-                sens = measure(searchable, {r: start[r] for r in searchable}, cache, executor, fixed, ctx.progress)
-            finally:
-                if owned:
-                    executor.shutdown()
-        order = back_off_order(sens) if sens else searchable
-        result = search(start, order, policy.ladder, cache, latency=lambda f: policy.latency(rg, f),
-                        refine=int(ctx.option("plan_refine", 8)), variants=lambda f: policy.variants(rg, f),
-                        margin=float(getattr(policy, "margin", 1.0)))
-        timing = None
-        if policy.measure and result.ok:
-            result, timing = time_candidates(proto, policy, result, evaluator, _timing_feed(proto, ctx))
-        plan = replace(plan, timing=timing or plan.timing)
-        return apply_choice(plan, policy, rg, result, start, searchable, sens, order, evaluator), True
+        feed = _timing_feed(model.to_onnx(), ctx) if policy.measure else None
+        return back_off(model, ctx, plan, evaluator, budget, policy.ladder, _samples(ctx), policy=policy, rg=rg,
+                        latency=lambda f: policy.latency(rg, f), margin=float(getattr(policy, "margin", 1.0)),
+                        timing_feed=feed, variants=lambda f: policy.variants(rg, f),
+                        searchable=lambda rid, f: f == INT8)
 
     @staticmethod
     def _measure(model: Model, ctx: PassContext, policy: PrecisionPolicy, rg: RegionGraph, plan: Plan,
@@ -280,6 +257,37 @@ class PlanPrecision(Pass):
             plan = _all_float(plan, policy.speed_reason(check, rg))
         return plan
 
+
+    def _dynamic(self, model: Model, ctx: PassContext, policy: PrecisionPolicy, plan: Plan, scheme: QuantScheme,
+                 budget: Budget) -> Plan:
+        """Dynamic int8 per MatMul/Gemm where there are samples to judge on (``_plan_backoff.plan_dynamic``), a
+        user's dynamic plan as given, else the whole model (timed against float where the host stands for it)."""
+        from ._plan_backoff import dynamic_regions, plan_dynamic
+
+        given = ctx.option("plan")
+        if given is not None:
+            where = "--plan" if isinstance(given, Plan) else str(given)
+            loaded = given if isinstance(given, Plan) else Plan.load(given)
+            if loaded.mode == "dynamic" and loaded.regions:
+                fitted = loaded.fit(dynamic_regions(model, ctx.options, scheme).regions, where)
+                bad = next((rid for rid, c in fitted.choices.items() if c.format not in (INT8, FLOAT)), None)
+                if bad is not None:
+                    raise UserError(f"{where}: region '{bad}' asks for {fitted.choices[bad].format}; a dynamic plan "
+                                    "takes int8 or float")
+                return replace(fitted, target=plan.target, budget=plan.budget, source="file", timing=plan.timing,
+                               steps=list(loaded.steps))
+        samples = _samples(ctx) if (ctx.calibration is not None or ctx.holdout is not None) and ctx.option(
+            "plan_dynamic", True) else []
+        searched = False
+        if samples:
+            shapes = shapes_at(model, ctx.calibration) if ctx.calibration is not None else None
+            feed = _timing_feed(model.to_onnx(), ctx) if policy.measure else None
+            plan, searched = plan_dynamic(model, ctx, policy, plan, scheme, budget, samples, shapes, feed)
+            if searched:
+                log.info("%s", speed_line(plan, policy))
+        if policy.measure and not searched:
+            plan = self._measure_dynamic(model, ctx, policy, plan)
+        return plan
 
     @staticmethod
     def _measure_dynamic(model: Model, ctx: PassContext, policy: PrecisionPolicy, plan: Plan) -> Plan:

@@ -14,6 +14,9 @@ fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat:
 - Gemm with transA=0, alpha=1, beta=1 and a constant 2-D B (transposed to [K, N] when transB=1); its C becomes
   an Add after the scale Mul.
 
+With a dynamic plan that has regions (``PlanPrecision`` planned it per MatMul/Gemm, ``passes/_plan_backoff.py``),
+only the nodes whose region is ``int8`` are rewritten; ``float`` ones are left as they are (stat ``float_by_plan``).
+
 Declines: node excluded by name or op type (``exclude_nodes``/``exclude_ops`` options, scheme.exclude_nodes);
 weight not constant, not float, or not of rank 2; Gemm with transA, alpha != 1 or beta != 1; first input not
 float; opset below 11 (DynamicQuantizeLinear).
@@ -27,8 +30,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
+from onnxopt.analysis.regions import node_keys
 from onnxopt.ir import Model, constant_value, iter_graphs
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.plan import INT8
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
 from onnxopt.weights import release_tensor
 
@@ -62,26 +67,44 @@ class QuantizeDynamic(Pass):
                          reduce_range=scheme.weights.reduce_range)
         namer = _Names(model.graph)
         params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
-        count = 0
+        planned = self._planned(model, ctx)
+        count = kept = 0
         for graph in list(iter_graphs(model.graph)):
             touched = False
             shared: dict[int, tuple[gs.Variable, gs.Variable, gs.Variable]] = {}
             for node in list(graph.nodes):
                 if node.op not in ("MatMul", "Gemm") or (node.domain or "") not in ("", "ai.onnx"):
                     continue
-                reason = self._check(node, excl_ops, excl_nodes)
+                reason = self.check(node, excl_ops, excl_nodes)
                 if reason:
                     ctx.decline(self.name, f"{node.op} '{node.name}'", reason)
+                    continue
+                if planned is not None and planned.get(id(node), INT8) != INT8:
+                    kept += 1  # the plan keeps it float (its reason is in the plan)
                     continue
                 self._rewrite(graph, node, wq, namer, params, shared)
                 count += 1
                 touched = True
             if touched:
                 graph.cleanup(remove_unused_graph_inputs=False, remove_unused_node_outputs=False).toposort()
-        return PassResult(bool(count), {"matmuls": count} if count else {})
+        stats = {"matmuls": count} if count else {}
+        if kept:
+            stats["float_by_plan"] = kept
+        return PassResult(bool(count), stats)
 
     @staticmethod
-    def _check(node: gs.Node, excl_ops: set[str], excl_nodes: set[str]) -> str | None:
+    def _planned(model: Model, ctx: PassContext) -> dict[int, str] | None:
+        """Node id -> the plan's format, when a dynamic plan has regions (else None: every MatMul/Gemm)."""
+        plan = ctx.plan
+        if plan is None or plan.mode != "dynamic" or not plan.regions:
+            return None
+        by_key = {n: plan.choices[r.id].format for r in plan.regions for n in r.nodes}
+        keys = node_keys(model.graph)
+        return {nid: by_key[k] for nid, k in keys.items() if k in by_key}
+
+    @staticmethod
+    def check(node: gs.Node, excl_ops: set[str], excl_nodes: set[str]) -> str | None:
+        """Why ``node`` cannot be rewritten, None when it can."""
         if node.name and node.name in excl_nodes:
             return "excluded by name"
         if node.op in excl_ops:

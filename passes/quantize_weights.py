@@ -7,7 +7,9 @@ ternary, binary, pow2, kmeans:K), first match wins:
 1. ``options["weight_formats"]``: node key (``analysis.regions.node_keys``) -> plan format name;
 2. the precision plan (``ctx.plan``, else ``ctx.cache["plan"]``): the format of the region holding the node;
 3. ``options["weights"]`` (the ``--weights`` spec, or a ``WeightSpec``): every other eligible layer (embedding
-   tables, Gather from a constant 2-D table along axis 0, included unless ``options["weights_embeddings"]`` is False).
+   tables, Gather from a constant 2-D table along axis 0, included unless ``options["weights_embeddings"]`` is False),
+   except under a weight plan (``PlanWeights``, mode ``weights``), which names every layer it applies to: exactly
+   the plan is written then.
 
 A format that is not a weight format (``float``, the plan's ``int8`` / ``a16w8``) leaves the layer to others.
 
@@ -46,6 +48,7 @@ is not affine, a Gemm with alpha/beta != 1 or a bias that is not 1-D of N (decod
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,6 +69,8 @@ log = logging.getLogger(__name__)
 
 OPS = ("MatMul", "Gemm", "Conv", "Gather")
 REPORT_KEY = "weights_report"
+HESSIANS_KEY = "weights_hessians"  # ctx.cache: layer key -> input Hessian, precomputed (the planner's candidates)
+ENCODED_KEY = "weights_encoded"  # ctx.cache: (layer key, WeightSpec) -> Encoded, shared by the planner's candidates
 CALIB_SAMPLES = 32
 NOTES = {
     "MatMul": "onnxruntime fuses DequantizeLinear -> MatMul/Gemm into MatMulNBits at session start",
@@ -105,25 +110,7 @@ class QuantizeWeights(Pass):
         chooser = self._chooser(model, ctx)
         if chooser is None:
             return PassResult(False)
-        keys = node_keys(model.graph)
-        main_ids = {id(n) for n in model.graph.nodes}
-        layers: list[_Layer] = []
-        for g in iter_graphs(model.graph):
-            for node in g.nodes:
-                if node.op not in (*OPS, "ConvTranspose") or not self._has_weight(node):
-                    continue  # a MatMul of two activations, a Gather from a computed tensor: no weight
-                if node.op == "Gather" and not ctx.option("weights_embeddings", True):
-                    continue
-                spec = chooser(keys.get(id(node), node.name))
-                if spec is None:
-                    continue
-                where = f"{node.op} '{node.name}'"
-                layer_or_reason = self._layer(g, node, keys.get(id(node), node.name), spec, model.opset,
-                                              id(node) in main_ids)
-                if isinstance(layer_or_reason, str):
-                    ctx.decline(self.name, where, layer_or_reason)
-                else:
-                    layers.append(layer_or_reason)
+        layers = self.layers(model, ctx, chooser)
         if not layers:
             return PassResult(False)
         hessians = self._hessians(model, ctx, layers)
@@ -148,6 +135,30 @@ class QuantizeWeights(Pass):
         log.info("weights: %d layers, %d -> %d bytes", len(report), before, after)
         return PassResult(True, {"layers": len(report), **stats})
 
+    def layers(self, model: Model, ctx: PassContext, chooser: Callable[[str], WeightSpec | None]) -> list[_Layer]:
+        """The layers ``chooser`` (node key -> spec, None: left alone) gives a format and this pass can rewrite;
+        the others are declined in ``ctx`` with the reason (the planner asks it for its regions)."""
+        keys = node_keys(model.graph)
+        main_ids = {id(n) for n in model.graph.nodes}
+        layers: list[_Layer] = []
+        for g in iter_graphs(model.graph):
+            for node in g.nodes:
+                if node.op not in (*OPS, "ConvTranspose") or not self._has_weight(node):
+                    continue  # a MatMul of two activations, a Gather from a computed tensor: no weight
+                if node.op == "Gather" and not ctx.option("weights_embeddings", True):
+                    continue
+                spec = chooser(keys.get(id(node), node.name))
+                if spec is None:
+                    continue
+                where = f"{node.op} '{node.name}'"
+                layer_or_reason = self._layer(g, node, keys.get(id(node), node.name), spec, model.opset,
+                                              id(node) in main_ids)
+                if isinstance(layer_or_reason, str):
+                    ctx.decline(self.name, where, layer_or_reason)
+                else:
+                    layers.append(layer_or_reason)
+        return layers
+
     # ------------------------------------------------------------------ which format
 
     def _chooser(self, model: Model, ctx: PassContext):
@@ -160,6 +171,8 @@ class QuantizeWeights(Pass):
         default = ctx.option("weights")
         if isinstance(default, str):
             default = None if default in ("", "int8") else parse_weights(default)
+        if plan is not None and getattr(plan, "mode", "") == "weights" and by_node:
+            default = None  # a weight plan (passes/plan_weights.py) names every layer it applies to: exactly it
         if default is None and not any(spec_of_format(f) for f in [*explicit.values(), *by_node.values()]):
             return None
 
@@ -224,6 +237,9 @@ class QuantizeWeights(Pass):
     # ------------------------------------------------------------------ calibration statistics
 
     def _hessians(self, model: Model, ctx: PassContext, layers: list[_Layer]) -> dict[str, np.ndarray]:
+        given = ctx.cache.get(HESSIANS_KEY)
+        if given is not None:  # the planner's candidates: computed once from the float model, shared by all
+            return {la.key: given[la.key] for la in layers if la.spec.rounding != "rtn" and la.key in given}
         readers: dict[str, int] = {}
         for g in iter_graphs(model.graph):
             for n in g.nodes:
@@ -274,7 +290,12 @@ class QuantizeWeights(Pass):
         node, spec = layer.node, layer.spec
         w_idx = 0 if node.op == "Gather" else 1
         w_t = node.inputs[w_idx]
-        enc: Encoded = encode(layer.w, spec, layer.out_axis, layer.in_axis, hessian)
+        memo = ctx.cache.get(ENCODED_KEY)  # the planner's candidates: each (layer, format) encoded once
+        enc: Encoded | None = None if memo is None else memo.get((layer.key, spec))
+        if enc is None:
+            enc = encode(layer.w, spec, layer.out_axis, layer.in_axis, hessian)
+            if memo is not None:
+                memo[(layer.key, spec)] = enc
         rounding = "nearest" if hessian is None else "gptq" if spec.kind not in ("ternary", "binary") \
             else "least-squares alpha"
         notes = list(layer.notes)
@@ -321,4 +342,4 @@ class QuantizeWeights(Pass):
         return True
 
 
-__all__ = ["QuantizeWeights", "REPORT_KEY"]
+__all__ = ["ENCODED_KEY", "HESSIANS_KEY", "QuantizeWeights", "REPORT_KEY"]

@@ -195,7 +195,7 @@ class Arm(Target):
         return None if host.arch == "arm64" else f"this host is {host.arch}, not arm64"
 
     def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
-        if not options.get("calibration"):
+        if options.get("calibration") is None:  # bool() of a CalibrationDataReader raises
             log.info(NO_CALIBRATION)
         return []
 

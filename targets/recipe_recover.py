@@ -12,8 +12,15 @@ unset, the target's default (``default_recover``):
   activations' error, and fitting costs a pass over the data per layer plus the solver.
 
 Order: ``cle`` on the float model before quantization, then KeepFloatReference (the float model the later steps fit
-to), the quantization steps, then ``fit`` (weights and scales) and ``bias`` (the mean shift that remains). Weight-only
-formats (``--weights``, issue 11's QuantizeWeights, which rounds with GPTQ) get no step by default.
+to), the quantization steps, then ``fit`` (weights and scales) and ``bias`` (the mean shift that remains).
+
+Weight-only formats (``--weights``, issue 11's QuantizeWeights, activations float): ``--recover`` applies to them
+too; unset, ``fit,bias`` for ``int4`` per channel (4 bits, the case fitting is for, with or after GPTQ's rounding)
+when there is calibration data (``options["calibration"]``), else nothing (blocked int4, whose scales the fit does
+not take, ternary/binary, codebooks and w8 get no step: the fit and the bias correction would only decline them).
+There ``fit`` and ``bias`` run inside the quantization step (``weight_only_recovery``, called by
+``recipe_quantize.weight_steps``), before the MatMul/Gemm layers are packed into MatMulNBits for the onnxruntime
+CPU targets, so ``recover_steps`` gives only the steps before quantization.
 
 ``options["per_tensor_weights"]``: weights quantized per tensor (NPUs that take no per-channel scales);
 ``scheme_for_options`` applies it to a target's scheme.
@@ -59,11 +66,29 @@ def weight_bits(scheme: QuantScheme) -> int:
     return int(hi - lo).bit_length()
 
 
+def weight_only(options: dict[str, Any]) -> bool:
+    """Whether ``options`` ask for a weight-only format (``--weights`` other than int8)."""
+    spec = options.get("weights")
+    return bool(spec) and spec != "int8"
+
+
+def _weight_only_default(options: dict[str, Any]) -> tuple[str, ...]:
+    from onnxopt.weight_formats import WeightSpec, parse_weights
+
+    spec = options.get("weights")
+    spec = spec if isinstance(spec, WeightSpec) else parse_weights(str(spec))
+    if options.get("calibration") is None or spec.kind != "int4" or spec.block:
+        return ()
+    return ("fit", "bias")
+
+
 def default_recover(scheme: QuantScheme | None, options: dict[str, Any]) -> tuple[str, ...]:
     """The steps a target runs when the user names none (see the module docstring)."""
     mode = options.get("quantize") or "auto"
-    if scheme is None or mode in ("none", "dynamic") or options.get("weights") not in (None, "int8"):
+    if scheme is None or mode in ("none", "dynamic"):
         return ()
+    if weight_only(options):
+        return _weight_only_default(options)
     steps = []
     if not scheme.weights.per_channel:
         steps.append("cle")
@@ -92,8 +117,24 @@ def recover_steps(scheme: QuantScheme | None, options: dict[str, Any], default: 
         before.append(EqualizeCrossLayer(scheme.weights))
     if "fit" in steps or "bias" in steps:
         before.append(KeepFloatReference())
+    if weight_only(options):
+        return before, after  # fit and bias run inside the weight-only quantization step (weight_only_recovery)
     if "fit" in steps:
         after.append(FitQuantizedWeights())
     if "bias" in steps:
         after.append(CorrectBias())
     return before, after
+
+
+def weight_only_recovery(options: dict[str, Any], default: tuple[str, ...] | None = None) -> list[Pass | FixedPoint]:
+    """The recovery steps after weight-only quantization (``fit``, ``bias``), for ``options["recover"]`` or, unset,
+    ``default`` (else the weight-only rule); ``recover_steps`` puts KeepFloatReference before quantization for them.
+    """
+    from onnxopt.passes.correct_bias import CorrectBias
+    from onnxopt.passes.fit_quantized_weights import FitQuantizedWeights
+
+    if (options.get("quantize") or "auto") == "none":
+        return []
+    asked = parse_recover(options.get("recover"))
+    steps = asked if asked is not None else default if default is not None else _weight_only_default(options)
+    return [*([FitQuantizedWeights()] if "fit" in steps else []), *([CorrectBias()] if "bias" in steps else [])]

@@ -121,7 +121,7 @@ class X86Vnni(Target):
         return f"this host ({host.cpu}) has no avx512_vnni or avx_vnni, so its int8 kernels are not {self.name}'s"
 
     def lowering(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:
-        if not options.get("calibration"):
+        if options.get("calibration") is None:  # bool() of a CalibrationDataReader raises
             log.info(self.no_calibration)
         return []
 

@@ -52,7 +52,13 @@ def test_outputs_past_the_budget_exit_1_and_nothing_is_written(model_and_calib, 
                                               report), capsys)
     assert code == 1, err
     assert "moved beyond the budget (" in err and "cosine >= 1" in err and "nothing was written" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no model, no report, no temporary file
+    assert f"the report is in {report}" in err
+    # no model, no temporary file; the report, which says why and that nothing was written
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, report.name])
+    refused = json.loads(report.read_text())
+    assert refused["written"] is False and refused["verify"]["ok"] is False and "nothing was written" in refused[
+        "refused"]
+    report.unlink()
     # the default plan under the same budget: every region back to float, written, said in one line
     code, stdout, err = run_cli(quantize_args(model, calib, out, "--min-cosine", "1.0"), capsys)
     assert code == 0, err

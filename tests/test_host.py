@@ -213,7 +213,7 @@ def test_target_host_resolves_to_this_machine():
 def test_report_records_host_target_and_verify_host(monkeypatch):
     monkeypatch.setattr(host, "current_host", n1)
     model = build("small_cnn")
-    out, report = optimize_model(model, OptimizeOptions(target="host", extra={"quantize": "none"}, debug=True))
+    out, report = optimize_model(model, OptimizeOptions.build(target="host", quantize="none", debug=True))
     onnx.checker.check_model(out, full_check=True)
     assert report["target"] == "arm" and report["target_requested"] == "host"
     assert report["host"] == n1().to_dict()
@@ -222,7 +222,7 @@ def test_report_records_host_target_and_verify_host(monkeypatch):
     assert report["verification"], "debug mode verifies each changed pass"
     assert all(r["engine"] == "onnxruntime" and r["host"] == "Neoverse-N1 (arm64: dotprod)"
                for r in report["verification"])
-    _, plain = optimize_model(model, OptimizeOptions(target="arm", extra={"quantize": "none"}))
+    _, plain = optimize_model(model, OptimizeOptions.build(target="arm", quantize="none"))
     assert "target_requested" not in plain
 
 
@@ -238,7 +238,7 @@ def quantize_auto(monkeypatch, h: host.HostInfo, target: str):
     monkeypatch.setattr(host, "current_host", lambda: h)
     model = build("resnet18")
     calib = [sample_inputs(model, seed=100 + i) for i in range(4)]
-    out, report = optimize_model(model, OptimizeOptions(target=target, extra={"calibration": calib}))
+    out, report = optimize_model(model, OptimizeOptions.build(target=target, calibration=calib))
     return Counter(n.op_type for n in out.graph.node), report, calls
 
 

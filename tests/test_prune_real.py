@@ -21,8 +21,8 @@ def test_prune_real_classifier(name):
     calib_x, _ = make(16, seed=11)
     eval_x, labels = make(24, seed=12)
     x = model.graph.input[0].name
-    out, report = optimize_model(model, OptimizeOptions(verify=False, extra={
-        "calibration": [{x: calib_x[i:i + 1]} for i in range(len(calib_x))], "quantize": "none", "prune": 0.3}))
+    out, report = optimize_model(model, OptimizeOptions.build(
+        verify=False, calibration=[{x: calib_x[i:i + 1]} for i in range(len(calib_x))], quantize="none", prune=0.3))
     onnx.checker.check_model(out, full_check=True)
     prune = report["prune"]
     assert abs(prune["flops_removed"] - 0.3) <= 0.05, prune

@@ -34,7 +34,7 @@ def real_feeds(name: str, model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def test_canonicalize_real_model(name):
     before = onnx.load(str(fetch(name)))
     feeds = real_feeds(name, before)
-    after, report = optimize_model(before, OptimizeOptions(extra={"quantize": "none"}, verify=False))
+    after, report = optimize_model(before, OptimizeOptions.build(quantize="none", verify=False))
     assert report["converged"]
     assert len(op_types(after)) <= len(op_types(before))
     assert_equivalent(before, after, feeds, rtol=1e-3, atol=1e-4)

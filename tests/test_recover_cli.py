@@ -68,3 +68,52 @@ def test_bad_recover_list_is_a_user_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--recover bias,cl" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _rel_error(ref_model, model, feeds) -> float:
+    from onnxopt.verify import run_model
+
+    name = ref_model.graph.output[0].name
+    ref = np.concatenate([run_model(ref_model, f)[name] for f in feeds])
+    got = np.concatenate([run_model(model, f, optimize=False)[name] for f in feeds])
+    return float(np.sum((got - ref) ** 2) / np.sum(ref ** 2))
+
+
+def test_weight_only_int4_is_fitted_by_default_and_packed(tmp_path, capsys):
+    """``--weights int4`` with calibration data: fit and bias run by default (and as ``--recover fit,bias``), before
+    the Gemm is packed into MatMulNBits (x86-avx2); ``--recover none`` runs neither and is further from FP32."""
+    model, src, calib = _model_and_calib(tmp_path)
+    held = [sample_inputs(model, seed=500 + i) for i in range(8)]
+    outs = {}
+    for label, extra in (("default", []), ("asked", ["--recover", "fit,bias"]), ("none", ["--recover", "none"])):
+        dst, rep = tmp_path / f"{label}.onnx", tmp_path / f"{label}.json"
+        code = main(["optimize", str(src), "-o", str(dst), "--target", "x86-avx2", "--weights", "int4",
+                     "--calib", str(calib), "--report", str(rep), *extra])
+        assert code == 0, capsys.readouterr().err
+        out = onnx.load(dst)
+        onnx.checker.check_model(out, full_check=True)
+        assert [n.op_type for n in out.graph.node].count("MatMulNBits") == 1  # the classifier, packed after the fit
+        report = json.loads(rep.read_text())
+        passes = [p["name"] for p in report["passes"]]
+        outs[label] = (out, report, passes)
+    for label in ("default", "asked"):
+        _, report, passes = outs[label]
+        steps = {s["step"]: s for s in report["recovery"]["steps"]}
+        assert steps["fit"]["layers"] == 3 and steps["fit"]["detail"]["applied"] is True  # 2 Convs and the Gemm
+        assert steps["bias"]["layers"] >= 1
+        assert all(e["after"] <= e["before"] for e in report["recovery"]["layers"] if e["step"] == "fit")
+        assert (passes.index("KeepFloatReference") < passes.index("QuantizeWeights") <
+                passes.index("FitQuantizedWeights") < passes.index("CorrectBias") < passes.index("PackMatMulNBits"))
+    _, report, passes = outs["none"]
+    assert "recovery" not in report and "FitQuantizedWeights" not in passes and "PackMatMulNBits" not in passes
+    assert _rel_error(model, outs["default"][0], held) < _rel_error(model, outs["none"][0], held)
+
+
+def test_weight_only_without_data_gets_no_recovery(tmp_path, capsys):
+    _, src, _ = _model_and_calib(tmp_path)
+    rep = tmp_path / "r.json"
+    assert main(["optimize", str(src), "-o", str(tmp_path / "q.onnx"), "--weights", "int4", "--budget", "cosine:0.9",
+                 "--report", str(rep)]) == 0, \
+        capsys.readouterr().err
+    passes = {p["name"] for p in json.loads(rep.read_text())["passes"]}
+    assert "QuantizeWeights" in passes and not {"KeepFloatReference", "FitQuantizedWeights", "CorrectBias"} & passes

@@ -39,7 +39,7 @@ def test_silero_vad_static_int8_inside_if_within_2_points(tmp_path):
     _, feeds = datasets.vad_stream(path, calib_frames)
     feeds = feeds[::4]  # ~160 chunks spread over speech and silence
     np.savez(tmp_path / "verify.npz", **feeds[len(feeds) // 2])
-    opts = OptimizeOptions(inputs=str(tmp_path / "verify.npz"), extra={"calibration": feeds, "quantize": "static"})
+    opts = OptimizeOptions.build(inputs=str(tmp_path / "verify.npz"), calibration=feeds, quantize="static")
     quant, report = optimize_model(proto, opts)
     onnx.checker.check_model(quant, full_check=True)
 

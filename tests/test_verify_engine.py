@@ -19,8 +19,7 @@ def _optimize(monkeypatch, h: host.HostInfo, target: str, quantize: str = "stati
     monkeypatch.setattr(host, "current_host", lambda: h)
     model = build("small_cnn")
     calib = [sample_inputs(model, seed=10 + i) for i in range(6)]
-    out, report = optimize_model(model, OptimizeOptions(target=target, extra={"calibration": calib,
-                                                                              "quantize": quantize}))
+    out, report = optimize_model(model, OptimizeOptions.build(target=target, calibration=calib, quantize=quantize))
     onnx.checker.check_model(out, full_check=True)
     return out, report["verify"]
 

@@ -127,3 +127,112 @@ def test_issue11_weight_only_int4_is_fitted():
     fitted_layers = [e for e in ctx.state(RecoveryReport).layers if e.step == "fit"]
     assert fitted_layers, [d.reason for d in ctx.declines if d.pass_name == "FitQuantizedWeights"]
     assert error(proto, fitted, held) < error(proto, plain, held)
+
+
+def test_layers_with_few_rows_get_their_bias_fitted_only(monkeypatch):
+    """``fit_min_rows``: the classifier after the global pooling sees one row per sample (18 training rows for 8
+    weights per output): with 4 x 8 required, scales and rounding are not searched for it, only for the convs."""
+    import onnxopt.passes.fit_quantized_weights as fqw
+
+    proto, calib = small_net(), feeds(24)
+    fc_shape = (8, 4)  # the Gemm's weight as the fit sees it, [k, cout]
+
+    def fitted_shapes(**options) -> list[tuple[int, ...]]:
+        seen: list[tuple[int, ...]] = []
+        real = fqw.adaround
+
+        def spy(obj, w, grid, cfg):
+            seen.append(tuple(np.shape(w)[-2:]))
+            return real(obj, w, grid, cfg)
+
+        monkeypatch.setattr(fqw, "adaround", spy)
+        _, ctx = quantized(proto, calib, True, fit_iterations=50, **options)
+        monkeypatch.setattr(fqw, "adaround", real)
+        notes = {e.layer: e.note for e in ctx.state(RecoveryReport).layers if e.step == "fit"}
+        assert set(notes) == {"conv1", "dw", "project", "fc"}
+        return seen, notes
+
+    seen, _ = fitted_shapes()
+    assert fc_shape in seen  # 18 rows >= 1 x 8: rounding is learned for the classifier too
+    seen, notes = fitted_shapes(fit_min_rows=4)
+    assert fc_shape not in seen and len(seen) == 3, seen  # the three convs only
+    assert notes["fc"].split(",")[0] in ("bias", "kept"), notes["fc"]
+
+
+def test_whole_model_check_keeps_a_fit_that_helps():
+    proto = small_net()
+    calib = feeds(24)
+    plain, _ = quantized(proto, calib, False)
+    fitted, ctx = quantized(proto, calib, True, fit_iterations=100)
+    fit = next(s for s in ctx.state(RecoveryReport).steps if s.step == "fit")
+    assert fit.detail["applied"] is True and fit.layers == 4
+    assert fit.detail["held_out_error_after"] <= fit.detail["held_out_error_before"]
+    assert fit.detail["held_out_samples"] == 6
+    assert fitted.SerializeToString() != plain.SerializeToString()
+    assert not [d for d in ctx.declines if d.pass_name == "FitQuantizedWeights"]
+
+
+def test_whole_model_check_reverts_a_fit_that_hurts(monkeypatch):
+    """Each layer's choice is judged on its own rows; the whole model is judged on the held-out samples too. Here
+    every fitted layer's weight is then spoiled (signs flipped): the model gets further from float, and the pass
+    puts every weight back, so the output is the quantized model as it was."""
+    import onnxopt.passes.fit_quantized_weights as fqw
+
+    proto = small_net()
+    calib, held = feeds(24), feeds(6)
+    plain, _ = quantized(proto, calib, False)
+    real = fqw.write_weight
+
+    def spoil(graph, ql, q, scale):
+        return real(graph, ql, -q, scale)
+
+    monkeypatch.setattr(fqw, "write_weight", spoil)
+    out, ctx = quantized(proto, calib, True, fit_iterations=50, fit_bias=False)
+    fit = next(s for s in ctx.state(RecoveryReport).steps if s.step == "fit")
+    assert fit.detail["applied"] is False and fit.layers == 0
+    assert fit.detail["held_out_error_after"] > fit.detail["held_out_error_before"]
+    (decline,) = [d for d in ctx.declines if d.pass_name == "FitQuantizedWeights"]
+    assert "held-out" in decline.reason
+    layers = [e for e in ctx.state(RecoveryReport).layers if e.step == "fit"]
+    assert layers and all(e.after == e.before for e in layers)
+    assert error(proto, out, held) == pytest.approx(error(proto, plain, held), rel=1e-6)
+    onnx.checker.check_model(out, full_check=True)
+
+
+def test_incremental_capture_gives_the_same_fit():
+    """Layer inputs computed from the ones captured before (a cut of the model per layer) are the values a run of
+    the whole prefix gives: the fitted models are the same bytes."""
+    proto, calib = small_net(), feeds(12)
+    a, _ = quantized(proto, calib, True, fit_iterations=50)
+    b, _ = quantized(proto, calib, True, fit_iterations=50, fit_incremental=False)
+    assert a.SerializeToString() == b.SerializeToString()
+
+
+def test_sequential_bias_correction_from_kept_inputs_is_exact(monkeypatch):
+    """CorrectBias's sequential form computes each layer's output from its kept input (InputCapture): the same
+    model as capturing every output from the whole prefix."""
+    import onnxopt.passes.correct_bias as cb
+    from onnxopt.analysis.layerwise import capture
+    from onnxopt.passes.correct_bias import CorrectBias
+
+    class WholePrefix:
+        def __init__(self, feeds):
+            self.feeds = feeds
+
+        def values(self, proto, name, keep=True):
+            return [v[name] for v in capture(proto, self.feeds, [name], optimize=False)]
+
+    proto, calib = small_net(), feeds(12)
+
+    def run():
+        ctx = PassContext(options={"scheme": INT4, "int8_min_conv_macs": 0, "bias_correction": "sequential"},
+                          calibration=calib)
+        out, _ = apply_passes(proto, [KeepFloatReference(), QuantizeStatic(), CorrectBias()], ctx)
+        assert next(s for s in ctx.state(RecoveryReport).steps if s.step == "bias").layers == 4
+        return out
+
+    kept = run()
+    monkeypatch.setattr(cb, "InputCapture", WholePrefix)
+    whole = run()
+    assert kept.SerializeToString() == whole.SerializeToString()
+    onnx.checker.check_model(kept, full_check=True)

@@ -28,8 +28,7 @@ def optimize(target: str, monkeypatch, timings, quantize: str = "auto"):
     monkeypatch.setattr(host, "current_host", lambda: VNNI_HOST)
     model = build("resnet18")
     calib = [sample_inputs(model, seed=100 + i) for i in range(4)]
-    out, report = optimize_model(model, OptimizeOptions(target=target, extra={"calibration": calib,
-                                                                              "quantize": quantize}))
+    out, report = optimize_model(model, OptimizeOptions.build(target=target, calibration=calib, quantize=quantize))
     return Counter(n.op_type for n in out.graph.node), report, calls
 
 

@@ -41,7 +41,10 @@ def test_bad_lists_are_user_errors(spec):
     (FOUR_BIT, {}, ("fit", "bias")),
     (PER_CHANNEL, {"quantize": "none"}, ()),
     (PER_CHANNEL, {"quantize": "dynamic"}, ()),
-    (PER_CHANNEL, {"weights": "int4"}, ()),  # weight-only formats round with GPTQ themselves
+    (PER_CHANNEL, {"weights": "int4"}, ()),  # weight-only without calibration data: nothing to fit to
+    (PER_CHANNEL, {"weights": "int4", "calibration": "c.npz"}, ("fit", "bias")),
+    (PER_CHANNEL, {"weights": "int4:block=32", "calibration": "c.npz"}, ()),  # blocked scales are not fitted
+    (PER_CHANNEL, {"weights": "ternary", "calibration": "c.npz"}, ()),
     (None, {}, ()),
 ])
 def test_defaults(scheme, options, want):
@@ -73,3 +76,19 @@ def test_every_target_builds_its_recovery_steps():
     for name in ("generic", "x86-vnni", "x86-avx2", "arm", "tensorrt"):
         steps = names(get_target(name).pipeline({"recover": "cle,bias,fit"}))
         assert {"EqualizeCrossLayer", "KeepFloatReference", "FitQuantizedWeights", "CorrectBias"} <= set(steps), name
+
+
+@pytest.mark.parametrize("target,pack", [("generic", False), ("x86-avx2", True), ("arm", True)])
+def test_weight_only_recovery_runs_before_packing(target, pack):
+    """Weight-only int4 with data: KeepFloatReference before quantization, then QuantizeWeights (decoder form), the
+    fit and the bias correction, then the MatMulNBits packing on the onnxruntime CPU targets."""
+    t = get_target(target)
+    steps = names(t.pipeline({"weights": "int4", "calibration": "c.npz"}))
+    i = steps.index
+    assert i("KeepFloatReference") < i("QuantizeWeights") < i("FitQuantizedWeights") < i("CorrectBias")
+    assert steps.count("FitQuantizedWeights") == 1 and steps.count("CorrectBias") == 1
+    assert ("PackMatMulNBits" in steps) == pack and (not pack or i("CorrectBias") < i("PackMatMulNBits"))
+    off = names(t.pipeline({"weights": "int4", "calibration": "c.npz", "recover": "none"}))
+    assert not {"KeepFloatReference", "FitQuantizedWeights", "CorrectBias", "PackMatMulNBits"} & set(off)
+    only_bias = names(t.pipeline({"weights": "int4:block=32", "recover": "bias"}))
+    assert "CorrectBias" in only_bias and "FitQuantizedWeights" not in only_bias

@@ -11,6 +11,7 @@ from differential import op_types
 from onnxopt.cli import main
 from onnxopt.errors import UserError
 from onnxopt.models.zoo import build, sample_inputs
+from onnxopt.passes.plan_weights import PlanWeights
 from onnxopt.passes.quantize_weights import QuantizeWeights
 from onnxopt.passes.upgrade_opset import UpgradeOpset
 from onnxopt.pipeline import OptimizeOptions, optimize_model
@@ -24,9 +25,9 @@ from onnxopt.targets.recipe_quantize import quantize_steps
 def test_weight_steps(target, fmt, opset, level):
     t = get_target(target)
     steps = quantize_steps(t.scheme, {**t.default_options(), "weights": fmt})
-    assert [type(s) for s in steps] == [UpgradeOpset, QuantizeWeights]
+    assert [type(s) for s in steps] == [UpgradeOpset, PlanWeights, QuantizeWeights]
     assert steps[0].opset == max(opset, t.min_opset) and steps[0].required is False
-    assert steps[1].matmulnbits == level
+    assert steps[1].matmulnbits == steps[2].matmulnbits == level
 
 
 def test_int8_keeps_the_int8_recipe_and_static_is_refused():
@@ -41,8 +42,9 @@ def test_int8_keeps_the_int8_recipe_and_static_is_refused():
 def test_pipeline_upgrades_to_25_for_ternary_and_reports():
     m = build("small_cnn")
     feeds = [sample_inputs(m, seed=i) for i in range(4)]
-    out, report = optimize_model(m, OptimizeOptions(target="x86-vnni", verify=False,
-                                                    extra={"weights": "ternary", "calibration": feeds}))
+    # a budget every-layer ternary meets (0.83 measured), so the planner keeps all three ternary
+    out, report = optimize_model(m, OptimizeOptions.build(target="x86-vnni", verify=False, weights="ternary",
+                                                          calibration=feeds, budget=["cosine:0.8"]))
     onnx.checker.check_model(out, full_check=True)
     assert next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx")) == 25
     ops = Counter(op_types(out))
