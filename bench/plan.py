@@ -12,8 +12,10 @@ ConvTranspose, MatMul, Gemm with a constant weight, subgraphs included) run in f
   onnxruntime``); the column is empty, said why, where it is missing or fails;
 - ours-int8: ``--target host --quantize static --int8-min-conv-macs 0`` and a budget that always holds: every region
   our rules allow in int8, no speed or budget back-off;
-- ours-plan: ``--target host`` with the defaults (``--quantize auto``, the default budget): the precision plan, timed
-  on this host where it stands for the target.
+- ours-plan: ``--target host`` with the defaults (``--quantize auto``, the default budget, or the case's own budget or
+  ``--metric``/``--max-drop``, as a user gives the task metric on validation data of their own: MiniLM's on other
+  sentences than the test ones, ppocr_rec_v2's on other rendered lines, silero_vad's on other utterances; see
+  bench/plan_models.py): the precision plan, timed on this host where it stands for the target.
 
 Recovery (``--recover``): the default steps are used; where one fails (issue 12's CorrectBias), the model is
 optimized again with recovery off and the note column says so.
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +114,8 @@ def nncf_int8(model: onnx.ModelProto, calib: list[dict], python: str) -> tuple[o
         return onnx.load(dst), ""
 
 
-def ours(model: onnx.ModelProto, calib: list[dict], planned: bool, budget: list[str]
-         ) -> tuple[onnx.ModelProto | None, dict, str]:
+def ours(model: onnx.ModelProto, calib: list[dict], planned: bool, budget: list[str],
+         metric: tuple[Callable[[object], float], float] | None = None) -> tuple[onnx.ModelProto | None, dict, str]:
     from onnxopt.errors import PassError
     from onnxopt.pipeline import OptimizeOptions, optimize_model
 
@@ -120,13 +123,15 @@ def ours(model: onnx.ModelProto, calib: list[dict], planned: bool, budget: list[
     if not planned:
         extra.update(quantize="static", int8_min_conv_macs=0, speed_check=False)
         budget = ["cosine:0"]
+    elif metric is not None:
+        extra.update(metric=metric[0], max_drop=metric[1])
     note = ""
     for recover in (None, "none"):
         if recover:
             extra["recover"] = recover
         try:
-            out, report = optimize_model(model, OptimizeOptions(target="host", extra=dict(extra), budget=budget,
-                                                                allow_mismatch=True))
+            out, report = optimize_model(model, OptimizeOptions.build(target="host", budget=budget,
+                                                                      allow_mismatch=True, **extra))
             return out, report, note
         except PassError as e:
             if recover or "CorrectBias" not in str(e):
@@ -187,7 +192,8 @@ def bench(case: Case, args: argparse.Namespace) -> tuple[list[str], list[str]]:
             variants[k] = m
     plan_line = ""
     for k, planned in (("ours-int8", False), ("ours-plan", True)):
-        m, report, note = ours(case.model, case.calib, planned, list(case.budget))
+        m, report, note = ours(case.model, case.calib, planned, list(case.budget),
+                               (case.metric_fn, float(case.max_drop or 0.0)) if case.metric_fn else None)
         notes[k] = note
         if m is not None:
             variants[k] = m
@@ -257,6 +263,9 @@ def main() -> int:
     p.add_argument("--nncf-python", default="/tmp/nncf-venv/bin/python")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # the planner's sessions would log ppocr_rec_v2's shape warning on every run
     for name in ("onnxopt", "nncf"):
         logging.getLogger(name).setLevel(logging.WARNING)
     from onnxopt import host

