@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from quantize_vs_ort import latencies_ms, session  # bench/ is on the path: scripts run as bench/NAME.py
 
 from onnxopt.models import datasets
 from onnxopt.models.fetch import fetch
@@ -67,13 +67,6 @@ onnx.save(q.model.model, sys.argv[2])
 """
 
 
-def session(path: str) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-
-
 def run_all(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
     """The float outputs of each feed (MiniLM also returns its input_ids and mask: they say nothing)."""
     s = session(path)
@@ -84,24 +77,6 @@ def run_all(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
 
 def worst_cosine(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return min(cosine(r, g) for r, g in zip(ref, got, strict=True))
-
-
-def latencies_ms(paths: dict[str, str], feed: dict, runs: int, rounds: int = 6) -> dict[str, float]:
-    sessions = {k: session(p) for k, p in paths.items()}
-    feeds = {k: {i.name: feed[i.name] for i in s.get_inputs()} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(3):
-            s.run(None, feeds[k])
-    best = {k: float("inf") for k in paths}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            ts = []
-            for _ in range(max(3, runs // rounds)):
-                t = time.perf_counter()
-                s.run(None, feeds[k])
-                ts.append(time.perf_counter() - t)
-            best[k] = min(best[k], float(np.median(ts)) * 1e3)
-    return best
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -184,7 +159,7 @@ def transformer(name: str, args: argparse.Namespace, tmp: Path, goals: list[tupl
             paths[label] = out
             print(f"  {label}: built in {time.perf_counter() - t:.1f} s")
     ref = run_all(paths["fp32"], evals)
-    lat = latencies_ms(paths, evals[0], runs=30 if args.quick else 120)
+    lat = latencies_ms(paths, evals[0], runs=30 if args.quick else 120, rounds=6)
     size0 = os.path.getsize(paths["fp32"])
     rows = {}
     print(f"\n{name}: int4 weights, block {b}, {len(calib)} calibration / {len(evals)} held-out samples")
@@ -268,7 +243,7 @@ def convnet(name: str, args: argparse.Namespace, tmp: Path, goals: list[tuple[st
             paths[label] = _save(tmp, ours(proto, fmt, calib, **({"budget": budget} if budget else {})))
             print(f"  {name} {label}: built in {time.perf_counter() - t:.1f} s")
     ref = run_all(paths["fp32"], evals)
-    lat = latencies_ms(paths, evals[0], runs=20 if args.quick else 60)
+    lat = latencies_ms(paths, evals[0], runs=20 if args.quick else 60, rounds=6)
     size0 = os.path.getsize(paths["fp32"])
     what = "accuracy" if labels is not None else "top1=fp32"
     print(f"\n{name}: every format, {len(calib)} calibration / {len(evals)} held-out samples")

@@ -118,3 +118,14 @@ def recovery_report(ctx: Any) -> RecoveryReport:
         rep = RecoveryReport()
         ctx.set_state(rep)
     return rep
+
+
+def float_reference(ctx: Any, step: str) -> FloatReference | None:
+    """The float reference with calibration feeds that ``KeepFloatReference`` recorded, or None after declining
+    ``step`` with the reason (a recovery step has nothing to fit without it)."""
+    ref = ctx.state(FloatReference)
+    if ref is None or not ref.feeds:
+        ctx.decline(step, "model", "no float reference with calibration data (KeepFloatReference records it before "
+                    "quantization; pass --calib)")
+        return None
+    return ref

@@ -13,7 +13,7 @@ from onnxopt.analysis.layerwise import Layer, held_out, output_error, plan_rows,
 from onnxopt.analysis.layerwise_capture import InputCapture
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
-from onnxopt.recovery import FloatReference, LayerError, recovery_report
+from onnxopt.recovery import FloatReference, LayerError, float_reference, recovery_report
 
 from ._qdq_layers import QuantizedLayer, float_weights, quantized_layers, read_layer, scheme_of, write_bias
 
@@ -59,10 +59,8 @@ class CorrectBias(Pass):
     lossless = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        ref = ctx.state(FloatReference)
-        if ref is None or not ref.feeds:
-            ctx.decline(self.name, "model", "no float reference with calibration data (KeepFloatReference "
-                        "records it before quantization; pass --calib)")
+        ref = float_reference(ctx, self.name)
+        if ref is None:
             return PassResult(False, {})
         mode = str(ctx.option("bias_correction") or "auto")
         if mode not in MODES:

@@ -21,7 +21,7 @@ from onnxopt.analysis.layerwise_solvers import (
 )
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
-from onnxopt.recovery import FloatReference, LayerError, recovery_report
+from onnxopt.recovery import LayerError, float_reference, recovery_report
 from onnxopt.tensor_files import tensor_array
 
 from ._qdq_layers import QuantizedLayer, float_weights, quantized_layers, scheme_of, write_bias, write_weight
@@ -103,10 +103,8 @@ class FitQuantizedWeights(Pass):
     lossless = False
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
-        ref = ctx.state(FloatReference)
-        if ref is None or not ref.feeds:
-            ctx.decline(self.name, "model", "no float reference with calibration data (KeepFloatReference "
-                        "records it before quantization; pass --calib)")
+        ref = float_reference(ctx, self.name)
+        if ref is None:
             return PassResult(False, {})
         start = time.perf_counter()
         scheme = scheme_of(ctx)
