@@ -2,6 +2,10 @@
 
 A ``RewritePass`` applies its list of rewrites to every matching node of every graph, subgraphs included,
 and records each decline in the context with its reason.
+
+Two forms: ``Rewrite`` (``check`` returns None or the reason it declines; ``apply(node, graph, ctx)``) and
+``MatchRewrite`` (``match`` returns what it matched, or a ``Declined`` with the reason; ``apply(matched, graph,
+ctx)`` receives it, so nothing is matched twice).
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ Apply = Callable[[gs.Node, gs.Graph, PassContext], None]
 
 
 @dataclass(frozen=True)
+class Declined:
+    """What a ``MatchRewrite``'s match returns when the node does not match: the reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Rewrite:
     """``check`` returns None when the rewrite applies, else the reason it declines."""
 
@@ -29,10 +40,21 @@ class Rewrite:
     apply: Apply
 
 
+@dataclass(frozen=True)
+class MatchRewrite:
+    """``match(node, graph, ctx)`` returns the matched parts (any object) or ``Declined(reason)``;
+    ``apply(matched, graph, ctx)`` rewrites with them."""
+
+    name: str
+    op_types: tuple[str, ...]
+    match: Callable[[gs.Node, gs.Graph, PassContext], object]
+    apply: Callable[[object, gs.Graph, PassContext], None]
+
+
 class RewritePass(Pass):
     """Base class: apply ``rewrites`` node by node over every graph; clean up once at the end."""
 
-    rewrites: ClassVar[list[Rewrite]] = []
+    rewrites: ClassVar[list[Rewrite | MatchRewrite]] = []
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         stats: dict[str, int] = {}
@@ -42,11 +64,15 @@ class RewritePass(Pass):
                 for rw in self.rewrites:
                     if node.op not in rw.op_types or not node.outputs:
                         continue
-                    reason = rw.check(node, graph, ctx)
+                    if isinstance(rw, MatchRewrite):
+                        matched = rw.match(node, graph, ctx)
+                        reason = matched.reason if isinstance(matched, Declined) else None
+                    else:
+                        matched, reason = node, rw.check(node, graph, ctx)
                     if reason is not None:
                         ctx.decline(self.name, f"{node.op} '{node.name}'", f"{rw.name}: {reason}")
                         continue
-                    rw.apply(node, graph, ctx)
+                    rw.apply(matched, graph, ctx)  # a Rewrite's matched is the node itself
                     stats[rw.name] = stats.get(rw.name, 0) + 1
                     touched = True
                     break

@@ -15,6 +15,7 @@ from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fold_conv_affine import FoldConvAffine
 from .fold_shapes import FoldShapes
+from .fuse_hard_activations import FuseHardActivations
 from .fuse_matmul_add import FuseMatMulAdd
 from .infer_shapes import InferShapes
 from .inline_constant_if import InlineConstantIf
@@ -29,10 +30,10 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
 
     UpgradeOpset, ConstantsToInitializers, InferShapes, then to a fixed point: FoldShapes, FoldConstants,
     InlineConstantIf, RemoveNoOps, EliminateReshapeAs, MergeTransposes, MergeReshapes, FoldBatchNorm, FoldConvAffine,
-    FuseMatMulAdd, DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadCode, InferShapes (it reports
-    a change only when a tensor gained information, so the next round sees the shapes that folding and inlining
-    exposed); then InferShapes once more for the final form (skipped when the loop's last InferShapes modified
-    nothing: it would repeat that run exactly).
+    FuseMatMulAdd, FuseHardActivations, DeduplicateInitializers, EliminateCommonSubexpressions, EliminateDeadCode,
+    InferShapes (it reports a change only when a tensor gained information, so the next round sees the shapes that
+    folding and inlining exposed); then InferShapes once more for the final form (skipped when the loop's last
+    InferShapes modified nothing: it would repeat that run exactly).
 
     Options read here (the passes read theirs from the PassContext): ``max_iterations`` (fixed-point cap,
     default 10) and ``skip`` (pass names to leave out, e.g. ``["UpgradeOpset"]``).
@@ -42,7 +43,8 @@ def canonicalize(options: dict[str, Any] | None = None) -> list[Pass | FixedPoin
     loop_infer = InferShapes()
     loop: list[Pass] = [
         FoldShapes(), FoldConstants(), InlineConstantIf(), RemoveNoOps(), EliminateReshapeAs(), MergeTransposes(),
-        MergeReshapes(), FoldBatchNorm(), FoldConvAffine(), FuseMatMulAdd(), DeduplicateInitializers(),
+        MergeReshapes(), FoldBatchNorm(), FoldConvAffine(), FuseMatMulAdd(), FuseHardActivations(),
+        DeduplicateInitializers(),
         EliminateCommonSubexpressions(), EliminateDeadCode(), loop_infer,
     ]
     head: list[Pass] = [UpgradeOpset(), ConstantsToInitializers(), InferShapes()]
