@@ -25,6 +25,7 @@ import onnx
 from onnxopt.analysis.flops import count_costs
 from onnxopt.ir import Model
 from onnxopt.pass_manager import PassContext, PassManager
+from onnxopt.pass_state import PruneReport
 from onnxopt.verify import ort_session
 
 
@@ -47,7 +48,10 @@ def _prune(proto: onnx.ModelProto, ratio: float, calib: list, recon: str, criter
     model = Model.from_onnx(proto)
     t = time.perf_counter()
     PassManager(prune_steps(opts)).run(model, ctx)
-    return model.to_onnx(), ctx.cache.get("prune_report", {}), time.perf_counter() - t
+    out = model.to_onnx()
+    seconds = time.perf_counter() - t
+    report = ctx.state(PruneReport)
+    return out, report.to_dict() if report is not None else {}, seconds
 
 
 def _latencies(protos: list[onnx.ModelProto], feed: dict, rounds: int = 15, per_round: int = 5) -> list[float]:

@@ -43,9 +43,9 @@ class PassContext:
     calibration: Any = None
     seed: int = 0
     progress: bool = False
-    cache: dict[str, Any] = field(default_factory=dict)
     declines: list[Decline] = field(default_factory=list)
-    states: dict[type, Any] = field(default_factory=dict)  # typed state passes hand on: state() / set_state()
+    # typed state passes hand on, keyed by type (state() / set_state(); onnxopt.recovery, onnxopt.pass_state)
+    states: dict[type, Any] = field(default_factory=dict)
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("onnxopt.passes"))
     holdout: Any = None  # calibration samples held back from calibration: the planner judges the budget on them
     plan: Plan | None = None  # the precision plan (passes/plan_precision.py) that the quantizers apply
@@ -61,6 +61,14 @@ class PassContext:
     def set_state(self, value: object) -> None:
         """Hand ``value`` on to later passes, keyed by its type."""
         self.states[type(value)] = value
+
+    def setdefault_state(self, kind: type[_S]) -> _S:
+        """The state of type ``kind``; a new ``kind()`` handed on first when there is none."""
+        value = self.state(kind)
+        if value is None:
+            value = kind()
+            self.set_state(value)
+        return value
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)

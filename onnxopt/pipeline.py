@@ -25,6 +25,7 @@ from onnxopt.ir import Model
 from onnxopt.model_io import check_writable, load_model, save_model
 from onnxopt.options import OptimizeOptions
 from onnxopt.pass_manager import PassContext, PassManager
+from onnxopt.pass_state import PruneReport, SparsityReport, WeightsReport
 from onnxopt.quant_report import open_calibration, quantization_report
 from onnxopt.recovery import RecoveryReport
 from onnxopt.verify import (
@@ -92,9 +93,10 @@ def optimize_model(proto: onnx.ModelProto, options: OptimizeOptions, *, source: 
     quant = quantization_report(proto, out, ctx, held)
     if quant is not None:
         report["quantization"] = quant
-    for key, name in (("prune_report", "prune"), ("sparsity_report", "sparsity"), ("weights_report", "weights")):
-        if key in ctx.cache:
-            report[name] = ctx.cache[key]
+    for kind, name in ((PruneReport, "prune"), (SparsityReport, "sparsity"), (WeightsReport, "weights")):
+        section = ctx.state(kind)
+        if section is not None:
+            report[name] = section.to_dict()
     recovery = ctx.state(RecoveryReport)  # --recover: per layer, the error before and after each step
     if recovery is not None:
         report["recovery"] = recovery.to_dict()

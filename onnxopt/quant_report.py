@@ -28,6 +28,7 @@ from onnxopt.clipping import clipping_report
 from onnxopt.errors import UserError
 from onnxopt.model_io import model_size
 from onnxopt.pass_manager import PassContext
+from onnxopt.pass_state import ActivationRanges, QuantParams
 from onnxopt.verify import compare_arrays, ort_session
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,14 @@ def quantization_report(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Pa
     if ctx.plan is None:  # the precision plan (passes/plan_precision.py) says which mode ran and why
         return None
     mode = ctx.plan.mode
-    params = ctx.cache.get("quant_params", {})
+    quant = ctx.state(QuantParams)
+    params = quant.tensors if quant is not None else {}
+    calibrated = ctx.state(ActivationRanges)  # passes/calibrate_activations: ranges and seconds
     report: dict[str, Any] = {
         "mode": mode,
         "calibration": None if ctx.calibration is None else {
             "method": ctx.options.get("calib_method") or "minmax",
-            "seconds": round(float(ctx.cache.get("calibration_seconds", 0.0)), 3),
+            "seconds": round(float(calibrated.seconds if calibrated is not None else 0.0), 3),
             "held_back": 0 if held is None else held.length,
         },
         "note": ctx.plan.note or None,
@@ -117,8 +120,8 @@ def quantization_report(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Pa
         "bytes_before": model_size(before),  # ByteSize() would serialize the model (and fails past 2 GB)
         "bytes_after": model_size(after),
     }
-    # the most clipped activations, drawn by the HTML report ("activation_ranges": passes/calibrate_activations)
-    histograms = clipping_report(report["tensors"], ctx.cache.get("activation_ranges", {}))
+    # the most clipped activations, drawn by the HTML report
+    histograms = clipping_report(report["tensors"], calibrated.ranges if calibrated is not None else {})
     if histograms:
         report["histograms"] = histograms
     if mode != "none" and held is not None:

@@ -1,7 +1,8 @@
-"""CalibrateActivations: run the calibration data through the model once and keep tensor ranges in ctx.cache.
+"""CalibrateActivations: run the calibration data through the model once and keep tensor ranges in the context.
 
 ``activation_ranges(model, ctx, names)`` is what the quantization passes call; the pass form is there for
-pipelines that want calibration as its own, timed step (the ranges are then reused, not recomputed).
+pipelines that want calibration as its own, timed step (the ranges are then reused, not recomputed). The ranges
+and the seconds calibration took are handed on as ``onnxopt.pass_state.ActivationRanges`` (``ctx.state``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from onnxopt.calibration import TensorRange, calibrate, input_specs_of, open_cal
 from onnxopt.errors import UserError
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import ActivationRanges
 
 log = logging.getLogger(__name__)
 
-CACHE_KEY = "activation_ranges"
 # a histogram per calibrated tensor (2 x 512 counters, whatever the samples) even for minmax, so the report can
 # draw each tensor's distribution against its chosen range; ``calib_summary_bins`` 0 turns it off
 SUMMARY_BINS = 512
@@ -26,7 +27,7 @@ SUMMARY_BINS = 512
 def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | None = None) -> dict[str, TensorRange]:
     """``{tensor: TensorRange}`` for ``names`` (None: every float tensor) on ``ctx.calibration``.
 
-    Ranges already in ``ctx.cache`` for the same graph state are reused. The method is
+    Ranges already in ``ctx.state(ActivationRanges)`` are reused by tensor name. The method is
     ``ctx.option("calib_method", "minmax")``; the engine ``ctx.option("calib_engine", "auto")`` (the
     interpreter when a tensor lives in an If/Loop/Scan subgraph). Each range carries a coarse histogram
     (``TensorRange.histogram``) for the report.
@@ -34,7 +35,8 @@ def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | Non
     if ctx.calibration is None:
         raise UserError("no calibration data: pass --calib data.npz (or calibration=... in the API)")
     proto = model.to_onnx()
-    cached: dict[str, TensorRange] = ctx.cache.setdefault(CACHE_KEY, {})
+    state = ctx.setdefault_state(ActivationRanges)
+    cached: dict[str, TensorRange] = state.ranges
     wanted = None if names is None else [n for n in dict.fromkeys(names) if n not in cached]
     if wanted is not None and not wanted:
         return {n: cached[n] for n in names if n in cached}
@@ -44,7 +46,7 @@ def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | Non
     start = time.perf_counter()
     ranges = calibrate(proto, data, wanted, method=method, engine=ctx.option("calib_engine", "auto"),
                        progress=ctx.progress, summary_bins=ctx.option("calib_summary_bins", SUMMARY_BINS))
-    ctx.cache["calibration_seconds"] = ctx.cache.get("calibration_seconds", 0.0) + time.perf_counter() - start
+    state.seconds += time.perf_counter() - start
     cached.update(ranges)
     log.info("calibrated %d tensors (%s) in %.2fs", len(ranges), method, time.perf_counter() - start)
     if names is None:
@@ -54,7 +56,7 @@ def activation_ranges(model: Model, ctx: PassContext, names: Sequence[str] | Non
 
 @register_pass
 class CalibrateActivations(Pass):
-    """Analysis step: ranges of every float tensor on the calibration data, stored in ctx.cache.
+    """Analysis step: ranges of every float tensor on the calibration data, handed on as ``ActivationRanges``.
 
     Rewrites: none (the model is unchanged). Declines: the whole model when there is no calibration data.
     """

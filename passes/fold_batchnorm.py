@@ -19,6 +19,7 @@ from onnxopt.ir import (
     unique_name,
 )
 from onnxopt.pass_manager import register_pass
+from onnxopt.pass_state import BatchNormScales
 from onnxopt.rewrite import Rewrite, RewritePass
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
@@ -169,6 +170,9 @@ def _apply_fold(node, graph, ctx):
     (a, b), _ = _bn_params(node, graph)
     prod, _ = weighted_producer(node.inputs[0], graph)
     rewrite_weighted(prod, graph, a, b)
+    if prod.name:  # PruneChannels' ``bn`` criterion (network slimming) reads |gamma| / sigma after the fold
+        scales = ctx.setdefault_state(BatchNormScales).scales
+        scales[prod.name] = np.abs(np.asarray(a, np.float64)) * scales.get(prod.name, 1.0)
     out = node.outputs[0]
     node.outputs.clear()
     node.inputs.clear()

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.errors import UserError
 from onnxopt.ir import Model, constant_value, iter_graphs, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import SparsityReport
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class MagnitudePrune(Pass):
     Options: ``sparsity`` (0..1), ``sparsity_scope`` (layer: each weight tensor at that sparsity, the default;
     global: one magnitude threshold over all of them), ``sparsity_min_size`` (weights smaller than this many
     elements are left alone, default 256: first convs and biases hurt most and weigh least). Shapes never change.
-    Stats and ``ctx.cache["sparsity_report"]``: sparsity reached and zlib-compressed model size before/after.
+    Stats and ``pass_state.SparsityReport`` (``ctx.state``): sparsity reached, zlib-compressed size before/after.
     Declines: weights that are not constants (nothing to prune), walks subgraphs.
     """
 
@@ -85,10 +86,10 @@ class MagnitudePrune(Pass):
             total += new.size
         model.graph.cleanup()
         size_after = _compressed(model)
-        report = {"asked": sparsity, "scope": scope, "sparsity": round(zeros / max(total, 1), 4), "layers": len(found),
-                  "zlib_bytes_before": size_before, "zlib_bytes_after": size_after}
-        ctx.cache["sparsity_report"] = report
-        log.info("magnitude pruning: %.1f%% of %d weights zero; zlib size %d -> %d bytes", 100 * report["sparsity"],
+        report = SparsityReport(asked=sparsity, scope=scope, sparsity=round(zeros / max(total, 1), 4),
+                                layers=len(found), zlib_bytes_before=size_before, zlib_bytes_after=size_after)
+        ctx.set_state(report)
+        log.info("magnitude pruning: %.1f%% of %d weights zero; zlib size %d -> %d bytes", 100 * report.sparsity,
                  total, size_before, size_after)
         return PassResult(True, {"weights_zeroed": zeros, "weights_total": total, "zlib_bytes_before": size_before,
                                  "zlib_bytes_after": size_after})

@@ -8,7 +8,7 @@ Analysis step: the model is not changed. Steps, each shaped by the target's poli
    speed judgement as below) when there are samples to judge on, else it gives a plan with no regions (every
    MatMul/Gemm, timed against float as a whole where the host stands for the target); none gives no regions;
 2. the regions (``analysis.regions.build_regions``), shaped by the target (``policy.adjust``), and the calibrated
-   ranges of their tensors (``activation_ranges``, cached in ``ctx.cache`` for the writer);
+   ranges of their tensors (``activation_ranges``, kept in ``pass_state.ActivationRanges`` for the writer);
 3. a user's plan (``options["plan"]``: a path or a ``Plan``) is applied exactly as given and nothing below runs;
 4. the default formats (``analysis.regions.default_formats``: int8 unless a rule keeps a region float, with the
    reason) and the target's per-region rules (``policy.region_rules``);

@@ -37,12 +37,13 @@ from onnxopt.budget import BudgetResult, Judge
 from onnxopt.errors import UserError
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import WeightPlanState
 from onnxopt.plan import FLOAT, Plan, Region, RegionPlan
 from onnxopt.weight_formats import W8, WeightSpec, parse_weights, plan_name, spec_of_format
 
 from ._plan_backoff import back_off
 from .plan_precision import _budget, _samples
-from .quantize_weights import ENCODED_KEY, HESSIANS_KEY, QuantizeWeights
+from .quantize_weights import QuantizeWeights
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ class WeightCandidateEvaluator:
         plan = Plan(target="", mode="weights", regions=list(self.regions),
                     choices={rid: RegionPlan(f, "") for rid, f in formats.items()})
         ctx = PassContext(options=dict(self.options), plan=plan)
-        ctx.cache[HESSIANS_KEY] = self.hessians
-        ctx.cache[ENCODED_KEY] = self.encoded
+        ctx.set_state(WeightPlanState(self.hessians, self.encoded))
         QuantizeWeights(self.matmulnbits).run(model, ctx)
         return model.to_onnx()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import numpy as np
 import onnx
@@ -16,6 +15,7 @@ from onnxopt.analysis.layerwise import calibration_feeds, capture_stats
 from onnxopt.errors import UserError
 from onnxopt.ir import Model, constant_value, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import BatchNormScales, PruneReport
 from onnxopt.passes.reconstruct_weights import fidelity
 from onnxopt.recovery import PruneConsumer, PruneState
 
@@ -47,10 +47,13 @@ def _bn_scores(g: Group, ctx: PassContext) -> list[np.ndarray]:
             var = constant_value(m.node.inputs[4])
             scale = np.abs(gamma) / np.sqrt(var + float(m.node.attrs.get("epsilon", 1e-5)))
             out.append(np.array([float(np.sum(scale[c[m.tensor]])) for c in g.channels]))
-    recorded = ctx.cache.get("bn_scales") or {}  # {conv node name: per-output-channel |gamma|/sigma}, if kept
+    bn = ctx.state(BatchNormScales)  # {conv node name: per-output-channel |gamma|/sigma}, if recorded
+    recorded = bn.scales if bn is not None else {}
     for m in g.members:
         if m.role == "weight_out" and m.node.name in recorded:
-            scale = np.asarray(recorded[m.node.name])
+            scale = np.asarray(recorded[m.node.name]).reshape(-1)
+            if any(np.max(c[m.tensor], initial=-1) >= scale.size for c in g.channels):
+                continue  # recorded for another shape of this node (it was pruned or rewritten since)
             out.append(np.array([float(np.sum(scale[c[m.tensor]])) for c in g.channels]))
     return out
 
@@ -258,7 +261,7 @@ class PruneChannels(Pass):
     MobileNetV2 ran 1.75x slower than unpruned; when the target cannot be met within 0.02 small groups round to
     multiples of 4, and the FLOPs reached are reported), ``prune_exclude``.
     Declines: groups locked by the analysis (see ``describe_groups``); data criteria without calibration data
-    fall back to l2. ``bn`` reads BatchNorm nodes still in the graph, or ``ctx.cache["bn_scales"]`` recorded before
+    fall back to l2. ``bn`` reads BatchNorm nodes still in the graph, or ``pass_state.BatchNormScales`` recorded before
     BN folding; without either it falls back to l2 (on a BN-folded graph l2 already carries the BN scale).
     """
 
@@ -306,21 +309,20 @@ class PruneChannels(Pass):
         model.replace_with(onnx.shape_inference.infer_shapes(model.to_onnx(), data_prop=True))
         pruned = model.to_onnx()
         after = count_costs(pruned)
-        report: dict[str, Any] = {
-            "asked": target, "criterion": criterion, "scope": scope, "round_to": round_to,
-            "flops_before": before.flops, "flops_after": after.flops,
-            "flops_removed": round(1 - after.flops / max(before.flops, 1), 4),
-            "flops_removed_estimate": round(estimate, 4),
-            "params_before": before.params, "params_after": after.params,
-            "groups": len(a.prunable), "groups_locked": len(a.locked), "layers": layers,
-        }
-        if feeds:
-            report["fidelity"] = fidelity(original, pruned, feeds[:8])
-        ctx.cache["prune_report"] = report
+        report = PruneReport(
+            asked=target, criterion=criterion, scope=scope, round_to=round_to,
+            flops_before=before.flops, flops_after=after.flops,
+            flops_removed=round(1 - after.flops / max(before.flops, 1), 4),
+            flops_removed_estimate=round(estimate, 4),
+            params_before=before.params, params_after=after.params,
+            groups=len(a.prunable), groups_locked=len(a.locked), layers=layers,
+            fidelity=fidelity(original, pruned, feeds[:8]) if feeds else None,
+        )
+        ctx.set_state(report)
         ctx.set_state(PruneState(original, kept, feeds, [c for c in consumers if c.input in kept]))
         removed = sum(len(v) for v in removal.values())
         log.info("pruned %d channels in %d groups: FLOPs %d -> %d (%.1f%% removed, asked %.1f%%)", removed,
-                 len(removal), before.flops, after.flops, 100 * report["flops_removed"], 100 * target)
+                 len(removal), before.flops, after.flops, 100 * report.flops_removed, 100 * target)
         return PassResult(bool(removal), {
             "groups_pruned": len(removal), "channels_removed": removed, "flops_before": before.flops,
             "flops_after": after.flops, "params_before": before.params, "params_after": after.params})

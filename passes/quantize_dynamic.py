@@ -33,11 +33,12 @@ from onnx import TensorProto
 from onnxopt.analysis.regions import node_keys
 from onnxopt.ir import Model, constant_value, iter_graphs
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import QuantParams
 from onnxopt.plan import INT8
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
 from onnxopt.weights import release_tensor
 
-from .quantize_static import PARAMS_KEY, _is_float, _Names, weight_params
+from .quantize_static import _is_float, _Names, weight_params
 
 
 @register_pass
@@ -66,7 +67,7 @@ class QuantizeDynamic(Pass):
         wq = TensorQuant(dtype="int8", symmetric=True, per_channel=per_channel,
                          reduce_range=scheme.weights.reduce_range)
         namer = _Names(model.graph)
-        params: dict[str, dict[str, Any]] = ctx.cache.setdefault(PARAMS_KEY, {})
+        params: dict[str, dict[str, Any]] = ctx.setdefault_state(QuantParams).tensors
         planned = self._planned(model, ctx)
         count = kept = 0
         for graph in list(iter_graphs(model.graph)):

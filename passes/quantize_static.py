@@ -16,7 +16,7 @@ Rewrites (every graph, If/Loop/Scan bodies included; the rules are in ``passes/_
   ``a16w8`` regions); graph outputs keep their names; scales are shared where an op must not change them (Concat,
   MaxPool, pass-through ops, a Relu/Clip fused after a quantized op);
 - ranges come from ``ctx.calibration`` (method ``ctx.option("calib_method")``; ``activation_ranges``), reused from
-  the planning step.
+  the planning step; every tensor's parameters are handed on as ``onnxopt.pass_state.QuantParams`` for the report.
 
 Declines (each logged in ctx.declines): no calibration data (whole model); an op of the scheme that cannot carry
 Q/DQ (no placement known, output not floating-point, weight not constant); every node of a region the plan keeps
@@ -43,6 +43,7 @@ from onnxopt.analysis.regions import build_regions, calibration_tensors, default
 from onnxopt.errors import PassError
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import QuantParams
 from onnxopt.plan import FLOAT
 from onnxopt.quant_scheme import QuantScheme
 
@@ -54,8 +55,6 @@ from ._qdq import weight_params as weight_params  # re-exported: imported from h
 from .calibrate_activations import activation_ranges
 
 log = logging.getLogger(__name__)
-
-PARAMS_KEY = "quant_params"
 
 
 @register_pass
@@ -92,7 +91,7 @@ class QuantizeStatic(Pass):
                     ctx.decline(self.name, f"{node.op} '{node.name}'", choices[r.id].reason)
         ranges = {k: (v.threshold_low, v.threshold_high) for k, v in stats.items()}
         counts: dict[str, int] = {}
-        params: dict[str, dict] = ctx.cache.setdefault(PARAMS_KEY, {})
+        params: dict[str, dict] = ctx.setdefault_state(QuantParams).tensors
         writer = QDQWriter(ctx, self.name, _Names(model.graph), counts, params, model.opset)
         write_plan(model.graph, rg, {rid: c.format for rid, c in choices.items()}, ranges, scheme, ctx, writer)
         return PassResult(bool(counts), counts)

@@ -5,7 +5,7 @@ Which format each layer gets (``onnxopt.weight_formats``: int4 / w8 per channel 
 ternary, binary, pow2, kmeans:K), first match wins:
 
 1. ``options["weight_formats"]``: node key (``analysis.regions.node_keys``) -> plan format name;
-2. the precision plan (``ctx.plan``, else ``ctx.cache["plan"]``): the format of the region holding the node;
+2. the precision plan (``ctx.plan``): the format of the region holding the node;
 3. ``options["weights"]`` (the ``--weights`` spec, or a ``WeightSpec``): every other eligible layer (embedding
    tables, Gather from a constant 2-D table along axis 0, included unless ``options["weights_embeddings"]`` is False),
    except under a weight plan (``PlanWeights``, mode ``weights``), which names every layer it applies to: exactly
@@ -30,11 +30,12 @@ Rewrites (every graph, If/Loop/Scan bodies included):
   GPTQ error compensation from each layer's input Hessian (``analysis.layer_hessians``), or for ternary / binary a
   least-squares refit of alpha; ``:rtn`` turns it off, ``:gptq`` asks for it (a decline says when it cannot be had).
 
-``ctx.cache["weights_report"]``: per layer its format, bytes before / after, rounding and notes; what onnxruntime
-does with each decoder (MatMul / Gemm: fused into MatMulNBits at session start; Conv: the DequantizeLinear runs at
-every inference, a storage format; codebook decoders (Cast/Gather/Mul): folded to fp32 at session start, file size
-only; an int2 MatMul/Gemm weight with N % 4 != 0 is stored as int4: onnxruntime 1.32's fused 2-bit MatMulNBits is
-wrong there, measured).
+``pass_state.WeightsReport`` (``ctx.state``): per layer its format, bytes before / after, rounding and notes;
+what onnxruntime does with each decoder (MatMul / Gemm: fused into MatMulNBits at session start; Conv: the
+DequantizeLinear runs at every inference, a storage format; codebook decoders (Cast/Gather/Mul): folded to fp32 at
+session start, file size only; an int2 MatMul/Gemm weight with N % 4 != 0 is stored as int4: onnxruntime 1.32's
+fused 2-bit MatMulNBits is wrong there, measured). With ``pass_state.WeightPlanState`` (PlanWeights' candidates)
+the Hessians given there are used and each (layer, format) is encoded once.
 
 Declines (each in ctx.declines): a weight that is not a float constant; a MatMul whose weight is the first input or
 is not 2-D; a Gemm with transA; a Conv weight of rank < 3; a Gather that is not from a float 2-D table along axis 0;
@@ -59,6 +60,7 @@ from onnxopt.analysis.layer_hessians import HessianRequest, conv_geometry, layer
 from onnxopt.analysis.regions import node_keys
 from onnxopt.ir import Model, constant_value, iter_graphs
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import WeightPlanState, WeightsReport
 from onnxopt.weight_codecs import encode
 from onnxopt.weight_formats import INT4, Encoded, WeightSpec, parse_weights, plan_name, spec_of_format
 
@@ -68,9 +70,6 @@ from ._weight_writer import decoder, gather_block_quantized, matmul_nbits
 log = logging.getLogger(__name__)
 
 OPS = ("MatMul", "Gemm", "Conv", "Gather")
-REPORT_KEY = "weights_report"
-HESSIANS_KEY = "weights_hessians"  # ctx.cache: layer key -> input Hessian, precomputed (the planner's candidates)
-ENCODED_KEY = "weights_encoded"  # ctx.cache: (layer key, WeightSpec) -> Encoded, shared by the planner's candidates
 CALIB_SAMPLES = 32
 NOTES = {
     "MatMul": "onnxruntime fuses DequantizeLinear -> MatMul/Gemm into MatMulNBits at session start",
@@ -130,8 +129,7 @@ class QuantizeWeights(Pass):
         before = sum(r["bytes_before"] for r in report)
         after = sum(r["bytes_after"] for r in report)
         notes = sorted({n for r in report for n in r["notes"]})
-        ctx.cache[REPORT_KEY] = {"layers": report, "bytes_before": before, "bytes_after": after,
-                                 "ratio": round(after / before, 4) if before else None, "notes": notes}
+        ctx.set_state(WeightsReport(report, before, after, round(after / before, 4) if before else None, notes))
         log.info("weights: %d layers, %d -> %d bytes", len(report), before, after)
         return PassResult(True, {"layers": len(report), **stats})
 
@@ -163,7 +161,7 @@ class QuantizeWeights(Pass):
 
     def _chooser(self, model: Model, ctx: PassContext):
         explicit = dict(ctx.option("weight_formats") or {})
-        plan = getattr(ctx, "plan", None) or ctx.cache.get("plan")
+        plan = ctx.plan
         by_node: dict[str, str] = {}
         if plan is not None and getattr(plan, "regions", None):
             for region in plan.regions:
@@ -237,8 +235,9 @@ class QuantizeWeights(Pass):
     # ------------------------------------------------------------------ calibration statistics
 
     def _hessians(self, model: Model, ctx: PassContext, layers: list[_Layer]) -> dict[str, np.ndarray]:
-        given = ctx.cache.get(HESSIANS_KEY)
-        if given is not None:  # the planner's candidates: computed once from the float model, shared by all
+        shared = ctx.state(WeightPlanState)
+        if shared is not None:  # the planner's candidates: computed once from the float model, shared by all
+            given = shared.hessians
             return {la.key: given[la.key] for la in layers if la.spec.rounding != "rtn" and la.key in given}
         readers: dict[str, int] = {}
         for g in iter_graphs(model.graph):
@@ -290,7 +289,8 @@ class QuantizeWeights(Pass):
         node, spec = layer.node, layer.spec
         w_idx = 0 if node.op == "Gather" else 1
         w_t = node.inputs[w_idx]
-        memo = ctx.cache.get(ENCODED_KEY)  # the planner's candidates: each (layer, format) encoded once
+        shared = ctx.state(WeightPlanState)
+        memo = None if shared is None else shared.encoded  # the planner's candidates: each (layer, format) encoded once
         enc: Encoded | None = None if memo is None else memo.get((layer.key, spec))
         if enc is None:
             enc = encode(layer.w, spec, layer.out_axis, layer.in_axis, hessian)
@@ -342,4 +342,4 @@ class QuantizeWeights(Pass):
         return True
 
 
-__all__ = ["ENCODED_KEY", "HESSIANS_KEY", "QuantizeWeights", "REPORT_KEY"]
+__all__ = ["QuantizeWeights"]

@@ -14,6 +14,7 @@ from onnxopt.analysis.layerwise import capture_stats as capture_stats  # re-expo
 from onnxopt.analysis.layerwise_solvers import fit_cv, ridge, ridge_grouped
 from onnxopt.ir import Model, constant_value, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
+from onnxopt.pass_state import PruneReport
 from onnxopt.recovery import PruneState
 from onnxopt.tensor_files import tensor_array
 from onnxopt.verify import compare_outputs, make_feeds, ort_session
@@ -97,10 +98,10 @@ class ReconstructWeights(Pass):
         for node, lay in ctx.progress_bar(todo, "reconstruct: fitting", unit="layer"):
             self._fit(model, node, lay, targets, plan, state, mode, ridge_alpha)
             done += 1
-        report = ctx.cache.get("prune_report")
+        report = ctx.state(PruneReport)
         if report is not None:
-            report["reconstruction"] = {"mode": mode, "layers": done,
-                                        "fidelity": fidelity(original, model.to_onnx(), feeds[:8])}
+            report.reconstruction = {"mode": mode, "layers": done,
+                                     "fidelity": fidelity(original, model.to_onnx(), feeds[:8])}
         return PassResult(done > 0, {"layers_refit": done})
 
     @staticmethod

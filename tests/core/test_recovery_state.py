@@ -18,7 +18,8 @@ def test_state_is_keyed_by_type():
     ctx.set_state(st)
     ctx.set_state(FloatReference(onnx.ModelProto(), []))
     assert ctx.state(PruneState) is st and ctx.state(FloatReference).feeds == []
-    assert ctx.cache == {}  # nothing under string keys
+    assert set(ctx.states) == {PruneState, FloatReference}  # found by type, nothing else handed on
+    assert not hasattr(ctx, "cache")  # no string-keyed store to fall back to
 
 
 def test_recovery_report_summarizes_per_step():

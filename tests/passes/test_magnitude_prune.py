@@ -10,6 +10,7 @@ from onnx import numpy_helper
 
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
+from onnxopt.pass_state import SparsityReport
 from onnxopt.passes.magnitude_prune import MagnitudePrune
 from onnxopt.verify import compare_outputs, run_model
 
@@ -20,9 +21,9 @@ def test_sparsity_reached(scope):
     ctx = PassContext(options={"sparsity": 0.5, "sparsity_scope": scope, "sparsity_min_size": 100})
     out, report = apply_passes(proto, [MagnitudePrune()], ctx)
     onnx.checker.check_model(out, full_check=True)
-    r = ctx.cache["sparsity_report"]
-    assert abs(r["sparsity"] - 0.5) < 0.01
-    assert r["zlib_bytes_after"] < r["zlib_bytes_before"]
+    r = ctx.state(SparsityReport)
+    assert abs(r.sparsity - 0.5) < 0.01
+    assert r.zlib_bytes_after < r.zlib_bytes_before
     # the weights zeroed are the smallest: per tensor (layer), or under one threshold over all tensors (global)
     orig = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     pruned = {t.name.removesuffix("_sparse"): numpy_helper.to_array(t) for t in out.graph.initializer

@@ -16,6 +16,7 @@ from onnx import numpy_helper as nh
 from onnxopt.budget import Budget
 from onnxopt.ir import Model
 from onnxopt.pass_manager import PassContext
+from onnxopt.pass_state import ActivationRanges
 from onnxopt.passes.plan_precision import CandidateEvaluator, PlanPrecision
 from onnxopt.plan import FLOAT, INT8, Plan
 from onnxopt.quant_scheme import QuantScheme
@@ -64,8 +65,8 @@ def plan_for(proto, **options) -> tuple[Plan, PassContext]:
 
 
 def written(proto, plan: Plan, ctx: PassContext) -> onnx.ModelProto:
-    cache = ctx.cache["activation_ranges"]
-    ranges = {k: (v.threshold_low, v.threshold_high) for k, v in cache.items()}
+    cache = ctx.state(ActivationRanges)
+    ranges = {k: (v.threshold_low, v.threshold_high) for k, v in cache.ranges.items()}
     out = CandidateEvaluator(proto.SerializeToString(), plan.regions, ranges, plan.scheme, {}).build(plan.formats())
     onnx.checker.check_model(out, full_check=True)
     return out

@@ -19,8 +19,9 @@ from onnxopt.budget import Budget
 from onnxopt.ir import Model
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
+from onnxopt.pass_state import WeightsReport
 from onnxopt.passes.plan_weights import PlanWeights, weight_ladder
-from onnxopt.passes.quantize_weights import REPORT_KEY, QuantizeWeights
+from onnxopt.passes.quantize_weights import QuantizeWeights
 from onnxopt.passes.upgrade_opset import UpgradeOpset
 from onnxopt.verify import compare_arrays, ort_session
 
@@ -83,7 +84,7 @@ def test_the_sensitive_layer_goes_back_the_others_stay_ternary_and_the_budget_ho
     assert plan.summary().startswith("plan: 2 of 3 weighted layers ternary; went back: Conv_1 (float")
     assert any(s.chosen and s.ok for s in plan.steps) and not plan.steps[0].ok  # all-ternary missed it
     # the writer applied exactly the plan: Conv_1 reads its float initializer, the others an int2 decoder
-    layers = {r["node"]: r["format"] for r in ctx.cache[REPORT_KEY]["layers"]}
+    layers = {r["node"]: r["format"] for r in ctx.state(WeightsReport).layers}
     assert layers == {"Conv_0": "ternary", "fc": "ternary"}
     conv1 = next(n for n in out.graph.node if n.name == SENSITIVE)
     assert conv1.input[1] == "conv.weight_1"

@@ -14,6 +14,7 @@ from onnx import helper, numpy_helper
 from onnxopt.analysis.flops import count_costs
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
+from onnxopt.pass_state import PruneReport
 from onnxopt.passes.prune_channels import PruneChannels
 from onnxopt.passes.reconstruct_weights import ReconstructWeights
 from onnxopt.recovery import PruneState
@@ -89,9 +90,9 @@ def test_structures_prune_to_valid_models(name):
     out, ctx = _prune(proto, 0.3, prune_min_keep=0.1)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)}
     _check_runs(proto, out, feeds, ctx)
-    report = ctx.cache["prune_report"]
-    assert abs(report["flops_removed"] - 0.3) <= 0.05, report
-    assert count_costs(out).flops == report["flops_after"]
+    report = ctx.state(PruneReport)
+    assert abs(report.flops_removed - 0.3) <= 0.05, report
+    assert count_costs(out).flops == report.flops_after
     # static shapes kept
     for vi in onnx.shape_inference.infer_shapes(out).graph.value_info:
         assert all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim), vi.name
@@ -102,10 +103,10 @@ def test_zoo_models(name):
     proto = build(name)
     out, ctx = _prune(proto, 0.4)
     _check_runs(proto, out, sample_inputs(proto), ctx)
-    report = ctx.cache["prune_report"]
-    assert abs(report["flops_removed"] - 0.4) <= 0.05
-    assert report["params_after"] < report["params_before"]
-    assert any(layer["channels_after"] < layer["channels_before"] for layer in report["layers"])
+    report = ctx.state(PruneReport)
+    assert abs(report.flops_removed - 0.4) <= 0.05
+    assert report.params_after < report.params_before
+    assert any(layer["channels_after"] < layer["channels_before"] for layer in report.layers)
 
 
 def test_ratio_zero_is_exact():
@@ -114,13 +115,13 @@ def test_ratio_zero_is_exact():
     feeds = sample_inputs(proto)
     ref, got = run_model(proto, feeds), run_model(out, feeds)
     assert all(np.array_equal(ref[k], got[k]) for k in ref)
-    assert "prune_report" not in ctx.cache
+    assert ctx.state(PruneReport) is None
 
 
 def test_round_to_and_cap():
     proto = dg.c2f()
     out, ctx = _prune(proto, 0.3, prune_round_to=2, prune_min_keep=0.5)
-    for layer in ctx.cache["prune_report"]["layers"]:
+    for layer in ctx.state(PruneReport).layers:
         assert layer["channels_after"] % 2 == 0 or layer["channels_after"] == layer["channels_before"]
         assert layer["channels_after"] >= layer["channels_before"] / 2
 
@@ -160,10 +161,10 @@ def test_round_to_applies_to_small_groups():
     proto = build("mobilenetv2")
     out, ctx = _prune(proto, 0.3, prune_round_to=16)
     onnx.checker.check_model(out, full_check=True)
-    report = ctx.cache["prune_report"]
-    assert abs(report["flops_removed"] - 0.3) <= 0.02, report["flops_removed"]
-    assert any(layer["channels_after"] < layer["channels_before"] for layer in report["layers"])
-    for layer in report["layers"]:
+    report = ctx.state(PruneReport)
+    assert abs(report.flops_removed - 0.3) <= 0.02, report.flops_removed
+    assert any(layer["channels_after"] < layer["channels_before"] for layer in report.layers)
+    for layer in report.layers:
         assert layer["channels_after"] % 16 == 0 or layer["channels_after"] == layer["channels_before"], layer
     for init in out.graph.initializer:
         if len(init.dims) == 4:
@@ -174,9 +175,9 @@ def test_small_groups_round_to_multiples_of_4_when_the_target_needs_it():
     # small_cnn has groups of 16 and 32: multiples of 8 alone reach 24% or 50%, not the 30% asked
     proto = build("small_cnn")
     out, ctx = _prune(proto, 0.3, prune_round_to=8)
-    report = ctx.cache["prune_report"]
-    assert abs(report["flops_removed"] - 0.3) <= 0.05, report["flops_removed"]
-    assert all(layer["channels_after"] % 4 == 0 for layer in report["layers"]), report["layers"]
+    report = ctx.state(PruneReport)
+    assert abs(report.flops_removed - 0.3) <= 0.05, report.flops_removed
+    assert all(layer["channels_after"] % 4 == 0 for layer in report.layers), report.layers
     _check_runs(proto, out, sample_inputs(proto), ctx)
 
 
@@ -199,3 +200,40 @@ def test_depthwise_conv_is_refitted():
     _check_runs(proto, out, held[0])
     assert "_refit" in weight, weight
     assert ls < none, (none, ls)
+
+
+def test_bn_criterion_reads_the_scales_folded_away():
+    """Network slimming after canonicalization: FoldBatchNorm records |gamma|/sigma per Conv, so the ``bn``
+    criterion keeps the channels with the largest BatchNorm scale, not those whose folded weights are largest."""
+    from onnxopt.pass_state import BatchNormScales
+    from onnxopt.passes.fold_batchnorm import FoldBatchNorm
+
+    rng = np.random.default_rng(3)
+    c = 8
+    gamma = np.where(np.arange(c) < 4, 0.01, 1.0).astype(np.float32)  # channels 0-3: tiny scale ...
+    w1 = rng.standard_normal((c, 3, 3, 3)).astype(np.float32)
+    w1[:4] *= 1000.0  # ... and huge raw weights: after folding, their weights are the largest (10x the others)
+    inits = {"w1": w1, "gamma": gamma, "beta": np.zeros(c, np.float32), "mean": np.zeros(c, np.float32),
+             "var": np.ones(c, np.float32), "w2": rng.standard_normal((4, c, 3, 3)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "gamma", "beta", "mean", "var"], ["b"], name="bn1"),
+             helper.make_node("Relu", ["b"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    kept = {}
+    for criterion in ("bn", "l2"):
+        ctx = PassContext(options={"prune": 0.4, "prune_round_to": 1, "prune_criterion": criterion,
+                                   "prune_reconstruct": "none"})
+        out, _ = apply_passes(proto, [FoldBatchNorm(), PruneChannels()], ctx)
+        onnx.checker.check_model(out, full_check=True)
+        assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
+        np.testing.assert_allclose(ctx.state(BatchNormScales).scales["conv1"], np.abs(gamma) / np.sqrt(1 + 1e-5),
+                                   rtol=1e-6)
+        assert not [d for d in ctx.declines if "nothing to score" in d.reason], criterion
+        (channels,) = {tuple(int(i) for i in k) for k in ctx.state(PruneState).kept.values()}  # one group
+        kept[criterion] = set(channels)
+    assert len(kept["bn"]) < c and kept["bn"] >= set(range(4, c)), kept  # the large-gamma channels
+    assert len(kept["l2"]) < c and kept["l2"] >= set(range(4)), kept  # the large-folded-weight channels

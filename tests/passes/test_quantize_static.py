@@ -12,6 +12,7 @@ from onnx import numpy_helper as nh
 
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
+from onnxopt.pass_state import QuantParams
 from onnxopt.passes.canonicalize import canonicalize
 from onnxopt.passes.quantize_static import QuantizeStatic, activation_params, weight_params
 from onnxopt.quant_scheme import QuantScheme, TensorQuant
@@ -80,7 +81,7 @@ def test_onnxruntime_and_interpreter_agree_within_steps():
     feeds = sample_inputs(m, seed=7)
     ort_out = run_model(out, feeds, "onnxruntime", optimize=True)
     ref_out = run_model(out, feeds, "reference")
-    params = ctx.cache["quant_params"]
+    params = ctx.state(QuantParams).tensors
     for name, v in ort_out.items():
         step = params[name]["scale"]
         assert compare_arrays(name, ref_out[name], v, scale=step, steps=3).ok

@@ -16,7 +16,8 @@ from onnxopt.ir import Model
 from onnxopt.model_io import iter_graph_protos, model_size
 from onnxopt.models.zoo import build, sample_inputs
 from onnxopt.pass_manager import PassContext
-from onnxopt.passes.quantize_weights import REPORT_KEY, QuantizeWeights
+from onnxopt.pass_state import WeightsReport
+from onnxopt.passes.quantize_weights import QuantizeWeights
 from onnxopt.plan import Plan, Region, RegionPlan
 from onnxopt.verify import compare_outputs, format_diffs, run_model
 from onnxopt.weight_codecs import encode
@@ -80,9 +81,8 @@ def test_each_format_decodes_exactly_as_numpy(name, fmts):
     for fmt in fmts:
         out, ctx = quantize(m, weights=fmt + ":rtn")
         assert_same(numpy_reference(m, fmt), out, feeds)
-        rep = ctx.cache[REPORT_KEY]
-        assert rep["layers"] and all(r["format"] == parse_weights(fmt).name.replace("int8", "w8") for r in
-                                     rep["layers"])
+        rep = ctx.state(WeightsReport)
+        assert rep.layers and all(r["format"] == parse_weights(fmt).name.replace("int8", "w8") for r in rep.layers)
         assert model_size(out) < 0.45 * model_size(m)
         run_model(out, feeds, optimize=True)  # loads and runs with onnxruntime's optimizations too
 
@@ -92,20 +92,20 @@ def test_sizes_and_what_the_report_says():
     out4, ctx4 = quantize(m, weights="int4:rtn")
     outt, ctxt = quantize(m, weights="ternary:rtn")
     assert model_size(out4) <= 0.2 * model_size(m) and model_size(outt) <= 0.1 * model_size(m)
-    rep = ctxt.cache[REPORT_KEY]
-    assert rep["ratio"] < 0.07 and rep["bytes_before"] > 40e6
-    assert any("storage format" in n for n in rep["notes"])  # Conv int2: the DequantizeLinear runs every inference
-    assert Counter(op_types(outt))["DequantizeLinear"] == sum(1 for r in rep["layers"])
+    rep = ctxt.state(WeightsReport)
+    assert rep.ratio < 0.07 and rep.bytes_before > 40e6
+    assert any("storage format" in n for n in rep.notes)  # Conv int2: the DequantizeLinear runs every inference
+    assert Counter(op_types(outt))["DequantizeLinear"] == sum(1 for r in rep.layers)
     assert any(t.data_type == T.INT2 for t in outt.graph.initializer)
     _, ctxk = quantize(zoo25("small_cnn"), weights="kmeans:16:rtn")
-    assert any("file size" in n for n in ctxk.cache[REPORT_KEY]["notes"])
+    assert any("file size" in n for n in ctxk.state(WeightsReport).notes)
 
 
 def test_int2_with_n_not_a_multiple_of_4_is_stored_as_int4():
     """onnxruntime 1.32's fused 2-bit MatMulNBits is wrong when N % 4 != 0: such layers store int4 (same values)."""
     m = zoo25("small_cnn")  # its fc has N = 10
     out, ctx = quantize(m, weights="ternary:rtn")
-    fc = next(r for r in ctx.cache[REPORT_KEY]["layers"] if r["op"] == "Gemm")
+    fc = next(r for r in ctx.state(WeightsReport).layers if r["op"] == "Gemm")
     assert any("stored as int4" in n for n in fc["notes"])
     feeds = sample_inputs(m, seed=2)
     diffs = compare_outputs(run_model(out, feeds, optimize=False), run_model(out, feeds, optimize=True))
@@ -163,7 +163,7 @@ def test_calibration_compensation_beats_round_to_nearest(rng, fmt):
     held = [{"x": f["x"][::-1].copy()} for f in feeds[:4]]  # the same distribution, rows not fitted on
     rtn, _ = quantize(m, feeds, weights=fmt + ":rtn")
     comp, ctx = quantize(m, feeds, weights=fmt)
-    assert ctx.cache[REPORT_KEY]["layers"][0]["rounding"] in ("gptq", "least-squares alpha")
+    assert ctx.state(WeightsReport).layers[0]["rounding"] in ("gptq", "least-squares alpha")
 
     def err(q):
         return sum(float(np.sum((run_model(m, f)["y"] - run_model(q, f)["y"]) ** 2)) for f in held)
@@ -175,7 +175,7 @@ def test_conv_compensation_on_resnet_layer_inputs():
     m = zoo25("small_cnn")
     feeds = [sample_inputs(m, seed=i) for i in range(4)]
     out, ctx = quantize(m, feeds, weights="int4")
-    rounding = {r["node"]: r["rounding"] for r in ctx.cache[REPORT_KEY]["layers"]}
+    rounding = {r["node"]: r["rounding"] for r in ctx.state(WeightsReport).layers}
     assert rounding["Conv_0"] == rounding["Conv_1"] == rounding["fc"] == "gptq"
     cos = [d.cosine for d in compare_outputs(run_model(m, feeds[0]), run_model(out, feeds[0]))]
     assert min(cos) > 0.999
@@ -184,21 +184,21 @@ def test_conv_compensation_on_resnet_layer_inputs():
 def test_formats_from_options_and_from_a_plan():
     m = zoo25("small_cnn")
     out, ctx = quantize(m, weight_formats={"Conv_1": "ternary", "fc": "float"}, weights="int4")
-    assert {r["node"]: r["format"] for r in ctx.cache[REPORT_KEY]["layers"]} == {"Conv_0": "int4", "Conv_1": "ternary"}
+    assert {r["node"]: r["format"] for r in ctx.state(WeightsReport).layers} == {"Conv_0": "int4", "Conv_1": "ternary"}
     regions = [Region("r1", ("Conv_0",), ("Conv",), ()), Region("r2", ("fc",), ("Gemm",), ())]
     plan = Plan("generic", "static", regions, {"r1": RegionPlan("kmeans:8", "test"), "r2": RegionPlan("int8", "x")})
     ctx = PassContext(options={"weights": "pow2"})  # the plan decides its regions, --weights the rest
-    ctx.cache["plan"] = plan
+    ctx.plan = plan
     model = Model.from_onnx(m)
     QuantizeWeights().run(model, ctx)
-    assert {r["node"]: r["format"] for r in ctx.cache[REPORT_KEY]["layers"]} == {"Conv_0": "kmeans:8", "Conv_1": "pow2"}
+    assert {r["node"]: r["format"] for r in ctx.state(WeightsReport).layers} == {"Conv_0": "kmeans:8", "Conv_1": "pow2"}
 
 
 def test_layers_inside_subgraphs():
     m = zoo25("control_flow")
     feeds = sample_inputs(m, seed=1)
     out, ctx = quantize(m, [feeds], weights="int4")
-    rep = ctx.cache[REPORT_KEY]["layers"]
+    rep = ctx.state(WeightsReport).layers
     assert rep and all(r["rounding"] == "nearest" for r in rep)
     assert_same(numpy_reference(m, "int4"), out, feeds)
 
@@ -206,7 +206,7 @@ def test_layers_inside_subgraphs():
 def test_declines():
     m17 = build("small_cnn")  # opset 17: int2 needs 25
     _, ctx = quantize(m17, weights="ternary")
-    assert ctx.cache.get(REPORT_KEY) is None
+    assert ctx.state(WeightsReport) is None
     assert any("needs opset 25" in d.reason for d in ctx.declines)
     x = h.make_tensor_value_info("x", T.FLOAT, [1, 2, 5, 5])
     g = h.make_graph([h.make_node("ConvTranspose", ["x", "w"], ["y"], name="ct"),
