@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--recover", metavar="LIST",
                    help="accuracy recovery after quantization, from calibration data: a comma list of bias (bias "
                         "correction), cle (cross-layer equalization), fit (layer-wise fitting of rounding and "
-                        "scales), or none (default: the target's: bias; cle with per-tensor weights; fit with 4-bit)")
+                        "scales), smooth (SmoothQuant channel smoothing of MatMul inputs), or none (default: the "
+                        "target's: bias; cle with per-tensor weights; fit with 4-bit weights)")
     o.add_argument("--per-tensor-weights", action="store_true",
                    help="one scale per weight tensor instead of per output channel (NPUs that need it)")
     o.set_defaults(fn=cmd_optimize)

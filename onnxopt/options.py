@@ -5,7 +5,7 @@
 - ``QuantizationOptions``: the mode, the weight format, what stays float, the precision plan (given, saved, the
   formats a region backs off along, where its sensitivity analysis runs).
 - ``PruningOptions``: structured channel pruning (ratio, criterion, scope, ...) and unstructured sparsity.
-- ``RecoveryOptions``: the accuracy-recovery steps after quantization (bias, cle, fit, or none).
+- ``RecoveryOptions``: the accuracy-recovery steps after quantization (bias, cle, fit, smooth, or none).
 - ``VerificationOptions``: whether and how the result is compared with the input model, and the accuracy budget.
 - ``OptimizeOptions``: the target and run-wide settings, holding one of each of the above.
 
@@ -176,8 +176,8 @@ class QuantizationOptions(_Group):
 
 @dataclass
 class RecoveryOptions(_Group):
-    """``recover``: the steps after quantization, a comma list or sequence of bias, cle, fit; ``()`` / "none" for
-    none; None for the target's default (bias; cle with per-tensor weights; fit with 4-bit weights)."""
+    """``recover``: the recovery steps, a comma list or sequence of bias, cle, fit, smooth; ``()`` / "none" for none;
+    None for the target's default (bias; cle with per-tensor weights; fit with 4-bit weights)."""
 
     recover: tuple[str, ...] | None = _opt("recover")
 

@@ -21,7 +21,7 @@ import onnx
 
 Feed = dict[str, np.ndarray]
 
-RECOVERY_STEPS = ("bias", "cle", "fit")
+RECOVERY_STEPS = ("bias", "cle", "fit", "smooth")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ class Target:
     min_opset: ClassVar[int] = 13
     # what int8 buys on this target where no host can time it (targets/cost_model.py); None: no speed rule
     cost_model: ClassVar[CostModel | None] = None
-    # accuracy-recovery steps (bias, cle, fit) run unless --recover says otherwise; None: recipe_recover's rule
+    # accuracy-recovery steps (bias, cle, fit, smooth) run unless --recover says otherwise; None: recipe_recover's rule
     recover_default: ClassVar[tuple[str, ...] | None] = None
 
     def pipeline(self, options: dict[str, Any]) -> list[Pass | FixedPoint]:

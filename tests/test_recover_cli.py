@@ -117,3 +117,27 @@ def test_weight_only_without_data_gets_no_recovery(tmp_path, capsys):
         capsys.readouterr().err
     passes = {p["name"] for p in json.loads(rep.read_text())["passes"]}
     assert "QuantizeWeights" in passes and not {"KeepFloatReference", "FitQuantizedWeights", "CorrectBias"} & passes
+
+
+def test_smooth_before_dynamic_int8(tmp_path, capsys):
+    """--recover smooth on the zoo BERT: smoothing Muls before the MatMulIntegers, the step and its per-activation
+    errors in the report, and the model still within the budget of the float one."""
+    model = build("bert")
+    src, calib, dst, rep = (tmp_path / f for f in ("m.onnx", "c.npz", "q.onnx", "r.json"))
+    onnx.save(model, src)
+    samples = [sample_inputs(model, seed=100 + i) for i in range(8)]
+    np.savez(calib, **{k: np.stack([s[k] for s in samples]) for k in samples[0]})
+    code = main(["optimize", str(src), "-o", str(dst), "--calib", str(calib), "--quantize", "dynamic",
+                 "--recover", "smooth", "--budget", "cosine:0.99", "--report", str(rep)])
+    assert code == 0, capsys.readouterr().err
+    out = onnx.load(dst)
+    onnx.checker.check_model(out, full_check=True)
+    report = json.loads(rep.read_text())
+    steps = {s["step"]: s for s in report["recovery"]["steps"]}
+    assert steps["smooth"]["layers"] >= 1
+    smoothed = [e for e in report["recovery"]["layers"] if e["step"] == "smooth" and "alpha" in e["note"]]
+    assert len(smoothed) == steps["smooth"]["layers"] and all(e["after"] < e["before"] for e in smoothed)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MatMulInteger") >= 6 and sum(n.name.endswith("_smooth") for n in out.graph.node) >= 1
+    passes = [p["name"] for p in report["passes"]]
+    assert passes.index("SmoothActivations") < passes.index("QuantizeDynamic")
