@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import Model, iter_graphs
+from onnxopt.ir import Model, default_domain, iter_graphs
 from onnxopt.pass_manager import Pass, PassContext, PassResult
 
 Check = Callable[[gs.Node, gs.Graph, PassContext], "str | None"]
@@ -49,6 +49,18 @@ class MatchRewrite:
     op_types: tuple[str, ...]
     match: Callable[[gs.Node, gs.Graph, PassContext], object]
     apply: Callable[[object, gs.Graph, PassContext], None]
+
+
+def default_domain_match(match: Callable[[gs.Node, gs.Graph, PassContext], object]
+                         ) -> Callable[[gs.Node, gs.Graph, PassContext], object]:
+    """``ir.default_domain`` for a ``MatchRewrite``'s match: nodes of other domains are ``Declined`` with the
+    same reason."""
+    domain_check = default_domain(lambda node, graph, ctx: None)
+
+    def wrapped(node: gs.Node, graph: gs.Graph, ctx: PassContext) -> object:
+        reason = domain_check(node, graph, ctx)
+        return Declined(reason) if reason is not None else match(node, graph, ctx)
+    return wrapped
 
 
 class RewritePass(Pass):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -17,7 +19,7 @@ from onnxopt.ir import (
     shape_of,
 )
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, Rewrite, RewritePass, default_domain_match
 
 # ops whose first output has exactly the shape of their first input (the other inputs are scalars or broadcast to
 # it unidirectionally, never widening it)
@@ -135,19 +137,27 @@ def _concat_dims(node: gs.Node, graph: gs.Graph) -> tuple[gs.Tensor | None, str 
     return shape_out, None
 
 
-def _check_concat(node, graph, ctx):
+@dataclass(frozen=True)
+class OwnDimsMatch:
+    """The Concat that rebuilds Shape(x) dim by dim, and that Shape(x) output its consumers read instead."""
+
+    concat: gs.Node
+    shape_out: gs.Tensor
+
+
+def _match_concat(node: gs.Node, graph: gs.Graph, ctx) -> OwnDimsMatch | Declined:
     if not node.inputs:
-        return "no inputs"
+        return Declined("no inputs")
     shape_out, reason = _concat_dims(node, graph)
     if reason is not None:
-        return reason
+        return Declined(reason)
     if any(is_graph_output(node.outputs[0], g) for g in iter_graphs(graph)):
-        return "its output is a graph output"
-    return None
+        return Declined("its output is a graph output")
+    return OwnDimsMatch(node, shape_out)
 
 
-def _apply_concat(node, graph, ctx):
-    shape_out, _ = _concat_dims(node, graph)
+def _apply_concat(m: OwnDimsMatch, graph: gs.Graph, ctx) -> None:
+    node, shape_out = m.concat, m.shape_out
     out = node.outputs[0]
     for user in list(out.outputs):
         for i, t in enumerate(user.inputs):
@@ -176,5 +186,5 @@ class EliminateReshapeAs(RewritePass):
     rewrites = [
         Rewrite("flatten_noop", ("Flatten",), default_domain(_check_flatten), _apply_bypass),
         Rewrite("reshape_as_own_shape", ("Reshape",), default_domain(_check_reshape_as), _apply_bypass),
-        Rewrite("concat_of_own_dims", ("Concat",), default_domain(_check_concat), _apply_concat),
+        MatchRewrite("concat_of_own_dims", ("Concat",), default_domain_match(_match_concat), _apply_concat),
     ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.ir import (
     constant_value,
-    default_domain,
     dtype_of,
     is_graph_output,
     iter_graphs,
@@ -20,9 +21,21 @@ from onnxopt.ir import (
 )
 from onnxopt.pass_manager import register_pass
 from onnxopt.pass_state import BatchNormScales
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
+
+
+@dataclass(frozen=True)
+class BatchNormMatch:
+    """The BatchNormalization, BN(x) = x * a + b per channel (float64), and what the rewrite writes into: the
+    weighted producer (folding) or the float dtype of the Mul/Add constants (decomposition)."""
+
+    node: gs.Node
+    a: np.ndarray
+    b: np.ndarray
+    producer: gs.Node | None = None
+    dtype: np.dtype | None = None
 
 
 def _channel_view(op: str, shape: tuple, n: int, attrs: dict) -> tuple[tuple, tuple] | None:
@@ -93,8 +106,9 @@ def weighted_producer(t: gs.Tensor, graph: gs.Graph) -> tuple[gs.Node | None, st
         return None, f"the {prod.op} weight is not a constant"
     if w.dtype.kind != "f":
         return None, f"the {prod.op} weight is not float"
-    if bias_of(prod)[1]:
-        return None, bias_of(prod)[1]
+    reason = bias_of(prod)[1]
+    if reason:
+        return None, reason
     return prod, None
 
 
@@ -156,19 +170,21 @@ def _channel_count_ok(prod: gs.Node, n: int) -> str | None:
     return None
 
 
-def _check_fold(node, graph, ctx):
+def _match_fold(node: gs.Node, graph: gs.Graph, ctx) -> BatchNormMatch | Declined:
     params, reason = _bn_params(node, graph)
     if params is None:
-        return reason
+        return Declined(reason)
     prod, reason = weighted_producer(node.inputs[0], graph)
     if prod is None:
-        return reason
-    return _channel_count_ok(prod, params[0].size)
+        return Declined(reason)
+    reason = _channel_count_ok(prod, params[0].size)
+    if reason is not None:
+        return Declined(reason)
+    return BatchNormMatch(node, *params, producer=prod)
 
 
-def _apply_fold(node, graph, ctx):
-    (a, b), _ = _bn_params(node, graph)
-    prod, _ = weighted_producer(node.inputs[0], graph)
+def _apply_fold(m: BatchNormMatch, graph: gs.Graph, ctx) -> None:
+    node, prod, a, b = m.node, m.producer, m.a, m.b
     rewrite_weighted(prod, graph, a, b)
     if prod.name:  # PruneChannels' ``bn`` criterion (network slimming) reads |gamma| / sigma after the fold
         scales = ctx.setdefault_state(BatchNormScales).scales
@@ -179,30 +195,29 @@ def _apply_fold(node, graph, ctx):
     prod.outputs[0] = out
 
 
-def _check_decompose(node, graph, ctx):
+def _match_decompose(node: gs.Node, graph: gs.Graph, ctx) -> BatchNormMatch | Declined:
     if not ctx.option("fold_batchnorm.decompose", True):
-        return "decomposition into Mul+Add is switched off"
+        return Declined("decomposition into Mul+Add is switched off")
     params, reason = _bn_params(node, graph)
     if params is None:
-        return reason
+        return Declined(reason)
     s = shape_of(node.inputs[0])
     if s is None:
-        return "input rank unknown, so the channel axis cannot be broadcast"
+        return Declined("input rank unknown, so the channel axis cannot be broadcast")
     if len(s) < 2:
-        return "input rank < 2"
+        return Declined("input rank < 2")
     c = s[1]
     if isinstance(c, (int, np.integer)) and c != params[0].size and params[0].size != 1:
-        return "channel count differs from the parameters"
-    dtype = dtype_of(node.inputs[0]) or constant_value(node.inputs[1]).dtype
-    if np.dtype(dtype).kind != "f":
-        return "input is not float"
-    return None
+        return Declined("channel count differs from the parameters")
+    dtype = np.dtype(dtype_of(node.inputs[0]) or constant_value(node.inputs[1]).dtype)
+    if dtype.kind != "f":
+        return Declined("input is not float")
+    return BatchNormMatch(node, *params, dtype=dtype)
 
 
-def _apply_decompose(node, graph, ctx):
-    (a, b), _ = _bn_params(node, graph)
+def _apply_decompose(m: BatchNormMatch, graph: gs.Graph, ctx) -> None:
+    node, a, b, dtype = m.node, m.a, m.b, m.dtype
     x, out = node.inputs[0], node.outputs[0]
-    dtype = np.dtype(dtype_of(x) or constant_value(node.inputs[1]).dtype)
     shape = (-1,) + (1,) * (len(shape_of(x)) - 2)
     base = node.name or out.name
     mul_c = make_constant(unique_name(graph, f"{base}_scale"), a.reshape(shape).astype(dtype))
@@ -231,6 +246,7 @@ class FoldBatchNorm(RewritePass):
     """
 
     rewrites = [
-        Rewrite("fold_into_producer", ("BatchNormalization",), default_domain(_check_fold), _apply_fold),
-        Rewrite("decompose_mul_add", ("BatchNormalization",), default_domain(_check_decompose), _apply_decompose),
+        MatchRewrite("fold_into_producer", ("BatchNormalization",), default_domain_match(_match_fold), _apply_fold),
+        MatchRewrite("decompose_mul_add", ("BatchNormalization",), default_domain_match(_match_decompose),
+                     _apply_decompose),
     ]

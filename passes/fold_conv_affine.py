@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, default_domain
+from onnxopt.ir import constant_value
 from onnxopt.pass_manager import register_pass
 from onnxopt.passes.fold_batchnorm import rewrite_weighted, weighted_producer
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
 
 CONV_OPS = ("Conv", "ConvTranspose")
 
 
-def _match(node: gs.Node, graph: gs.Graph) -> tuple[tuple | None, str | None]:
+@dataclass(frozen=True)
+class ConvAffineMatch:
+    """The Mul/Add/Sub/Div node, the conv it reads and its constant as a float64 vector over output channels."""
+
+    node: gs.Node
+    conv: gs.Node
+    per_channel: np.ndarray
+
+
+def _conv_operand(node: gs.Node, graph: gs.Graph) -> tuple[tuple | None, str | None]:
     """(conv, constant, constant index) when the node is Conv (op) constant, else (None, reason)."""
     if len(node.inputs) != 2:
         return None, "not a binary node"
@@ -47,24 +58,24 @@ def _per_channel(conv: gs.Node, c: np.ndarray) -> tuple[np.ndarray | None, str |
     return np.broadcast_to(v, (m,)).copy(), None
 
 
-def _check(node, graph, ctx):
-    match, reason = _match(node, graph)
-    if match is None:
-        return reason
-    conv, c, _ = match
+def _match(node: gs.Node, graph: gs.Graph, ctx) -> ConvAffineMatch | Declined:
+    """The conv and per-channel constant when the node folds into the conv, else the reason it declines."""
+    found, reason = _conv_operand(node, graph)
+    if found is None:
+        return Declined(reason)
+    conv, c, _ = found
     v, reason = _per_channel(conv, c)
     if v is None:
-        return reason
+        return Declined(reason)
     if node.op == "Div" and (np.any(v == 0) or not np.all(np.isfinite(v))):
-        return "divisor has zeros or non-finite values"
+        return Declined("divisor has zeros or non-finite values")
     if node.op == "Mul" and not np.all(np.isfinite(v)):
-        return "factor has non-finite values"
-    return None
+        return Declined("factor has non-finite values")
+    return ConvAffineMatch(node, conv, v)
 
 
-def _apply(node, graph, ctx):
-    (conv, c, _), _ = _match(node, graph)
-    v, _ = _per_channel(conv, c)
+def _apply(m: ConvAffineMatch, graph: gs.Graph, ctx) -> None:
+    node, conv, v = m.node, m.conv, m.per_channel
     zeros = np.zeros_like(v)
     if node.op == "Mul":
         rewrite_weighted(conv, graph, v, zeros)
@@ -94,4 +105,4 @@ class FoldConvAffine(RewritePass):
     non-finite constants; non-default domains.
     """
 
-    rewrites = [Rewrite("conv_affine", ("Mul", "Add", "Sub", "Div"), default_domain(_check), _apply)]
+    rewrites = [MatchRewrite("conv_affine", ("Mul", "Add", "Sub", "Div"), default_domain_match(_match), _apply)]

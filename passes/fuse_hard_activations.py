@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.ir import constant_value, is_graph_output, iter_graphs, opset_of, producer, shape_of
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Declined, MatchRewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
 
 FLOAT_DTYPES = tuple(np.dtype(f) for f in (np.float16, np.float32, np.float64))
 SIXTH = 1.0 / 6.0
@@ -152,8 +152,6 @@ def _match_mul_form(node: gs.Node, graph: gs.Graph) -> HardMatch | Declined:
 
 
 def _match(node: gs.Node, graph: gs.Graph, ctx) -> HardMatch | Declined:
-    if not _is_default(node):
-        return Declined(f"domain '{node.domain}' is not the default one")
     m = _match_div_form(node, graph) if node.op == "Div" else _match_mul_form(node, graph)
     if isinstance(m, HardMatch):
         local = {id(n) for n in graph.nodes}
@@ -197,4 +195,4 @@ class FuseHardActivations(RewritePass):
     The arithmetic is the same real function; float results move by rounding only (1 ulp of the activation).
     """
 
-    rewrites = [MatchRewrite("hard_activation", ("Div", "Mul"), _match, _apply)]
+    rewrites = [MatchRewrite("hard_activation", ("Div", "Mul"), default_domain_match(_match), _apply)]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.ir import (
     constant_value,
-    default_domain,
     dtype_of,
     is_graph_output,
     iter_graphs,
@@ -16,52 +17,57 @@ from onnxopt.ir import (
     shape_of,
 )
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
 
 GEMM_FLOATS = (np.float16, np.float32, np.float64)
 
 
-def _match(node: gs.Node, graph: gs.Graph) -> tuple[tuple | None, str | None]:
-    """(matmul, bias constant tensor) when node is Add(MatMul(a, W), bias) that a Gemm can compute."""
+@dataclass(frozen=True)
+class MatMulAddMatch:
+    """The Add, the MatMul it reads and the constant bias tensor it adds."""
+
+    add: gs.Node
+    matmul: gs.Node
+    bias: gs.Tensor
+
+
+def _match(node: gs.Node, graph: gs.Graph, ctx) -> MatMulAddMatch | Declined:
+    """The parts of Add(MatMul(a, W), bias) when a Gemm can compute it, else the reason it declines."""
     if opset_of(graph) < 7:
-        return None, "opset < 7"
+        return Declined("opset < 7")
     for bi in (1, 0):
         bias = constant_value(node.inputs[bi])
         mm = producer(node.inputs[1 - bi])
         if bias is None or mm is None or mm.op != "MatMul" or mm.domain not in (None, "", "ai.onnx"):
             continue
         if not any(n is mm for n in graph.nodes):
-            return None, "the MatMul is in another graph"
+            return Declined("the MatMul is in another graph")
         mid = node.inputs[1 - bi]
         if len(mid.outputs) != 1 or any(is_graph_output(mid, g) for g in iter_graphs(graph)):
-            return None, "the MatMul output has other consumers"
+            return Declined("the MatMul output has other consumers")
         w = constant_value(mm.inputs[1])
         if w is None:
-            return None, "the MatMul weight is not a constant"
+            return Declined("the MatMul weight is not a constant")
         if w.ndim != 2:
-            return None, "the MatMul weight is not 2-D"
+            return Declined("the MatMul weight is not 2-D")
         a_shape = shape_of(mm.inputs[0])
         if a_shape is None:
-            return None, "the MatMul input rank is unknown"
+            return Declined("the MatMul input rank is unknown")
         if len(a_shape) != 2:
-            return None, f"the MatMul input has rank {len(a_shape)}, not 2 (onnxruntime fuses those itself)"
+            return Declined(f"the MatMul input has rank {len(a_shape)}, not 2 (onnxruntime fuses those itself)")
         if w.dtype not in [np.dtype(t) for t in GEMM_FLOATS]:
-            return None, "the weight is not float"
+            return Declined("the weight is not float")
         if bias.dtype != w.dtype or (dtype_of(mm.inputs[0]) not in (None, w.dtype)):
-            return None, "dtypes differ"
+            return Declined("dtypes differ")
         if (bias.ndim > 2 or any(d != 1 for d in bias.shape[:-1])
                 or (bias.ndim and bias.shape[-1] not in (1, w.shape[1]))):
-            return None, "the bias is not broadcast along the last axis only"
-        return (mm, node.inputs[bi]), None
-    return None, "not Add(MatMul, constant)"
+            return Declined("the bias is not broadcast along the last axis only")
+        return MatMulAddMatch(node, mm, node.inputs[bi])
+    return Declined("not Add(MatMul, constant)")
 
 
-def _check(node, graph, ctx):
-    return _match(node, graph)[1]
-
-
-def _apply(node, graph, ctx):
-    (mm, bias), _ = _match(node, graph)
+def _apply(m: MatMulAddMatch, graph: gs.Graph, ctx) -> None:
+    node, mm, bias = m.add, m.matmul, m.bias
     a, w = mm.inputs[0], mm.inputs[1]
     out = node.outputs[0]
     for n in (node, mm):
@@ -83,4 +89,4 @@ class FuseMatMulAdd(RewritePass):
     opset < 7; non-default domains.
     """
 
-    rewrites = [Rewrite("matmul_add", ("Add",), default_domain(_check), _apply)]
+    rewrites = [MatchRewrite("matmul_add", ("Add",), default_domain_match(_match), _apply)]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, default_domain, make_constant, opset_of, producer, shape_of, unique_name
+from onnxopt.ir import constant_value, make_constant, opset_of, producer, shape_of, unique_name
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 INFER = "infer"
+
+
+@dataclass(frozen=True)
+class ShapeMatch:
+    """The node to rewrite and the constant shape its Reshape gets."""
+
+    node: gs.Node
+    shape: tuple[int, ...]
 
 
 def _axes(node: gs.Node, graph: gs.Graph) -> list[int] | None:
@@ -156,16 +166,18 @@ def _merged_shape(node: gs.Node, graph: gs.Graph) -> tuple[list[int] | None, str
     return out, None
 
 
-def _check(node, graph, ctx):
+def _match(node: gs.Node, graph: gs.Graph, ctx) -> ShapeMatch | Declined:
+    """The merged shape when the view of a view becomes one Reshape of the source, else the reason it declines."""
     if opset_of(graph) < 5:
-        return "opset < 5 has no shape-input Reshape"
-    return _merged_shape(node, graph)[1]
+        return Declined("opset < 5 has no shape-input Reshape")
+    shape, reason = _merged_shape(node, graph)
+    return Declined(reason) if reason is not None else ShapeMatch(node, tuple(shape))
 
 
-def _apply(node, graph, ctx):
-    shape, _ = _merged_shape(node, graph)
+def _apply(m: ShapeMatch, graph: gs.Graph, ctx) -> None:
+    node = m.node
     src = producer(node.inputs[0]).inputs[0]
-    const = make_constant(unique_name(graph, f"{node.outputs[0].name}_shape"), np.array(shape, dtype=np.int64))
+    const = make_constant(unique_name(graph, f"{node.outputs[0].name}_shape"), np.array(m.shape, dtype=np.int64))
     if node.op == "Reshape":
         node.inputs[0] = src
         node.inputs[1] = const
@@ -263,13 +275,14 @@ def _constant_shape(node: gs.Node) -> tuple[list[int] | None, str | None]:
     return out, None
 
 
-def _check_constant_shape(node, graph, ctx):
-    return _constant_shape(node)[1]
+def _match_constant_shape(node: gs.Node, graph: gs.Graph, ctx) -> ShapeMatch | Declined:
+    shape, reason = _constant_shape(node)
+    return Declined(reason) if reason is not None else ShapeMatch(node, tuple(shape))
 
 
-def _apply_constant_shape(node, graph, ctx):
-    shape, _ = _constant_shape(node)
-    node.inputs[1] = make_constant(unique_name(graph, f"{node.outputs[0].name}_shape"), np.array(shape, np.int64))
+def _apply_constant_shape(m: ShapeMatch, graph: gs.Graph, ctx) -> None:
+    node = m.node
+    node.inputs[1] = make_constant(unique_name(graph, f"{node.outputs[0].name}_shape"), np.array(m.shape, np.int64))
 
 
 @register_pass
@@ -291,6 +304,7 @@ class MergeReshapes(RewritePass):
     """
 
     rewrites = [
-        Rewrite("merge_views", VIEW_OPS, default_domain(_check), _apply),
-        Rewrite("shape_from_own_shape", ("Reshape",), default_domain(_check_constant_shape), _apply_constant_shape),
+        MatchRewrite("merge_views", VIEW_OPS, default_domain_match(_match), _apply),
+        MatchRewrite("shape_from_own_shape", ("Reshape",), default_domain_match(_match_constant_shape),
+                     _apply_constant_shape),
     ]

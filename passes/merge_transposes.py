@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import bypass_node, bypass_reason, default_domain, producer, shape_of
+from onnxopt.ir import bypass_node, bypass_reason, producer, shape_of
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
+
+
+@dataclass(frozen=True)
+class TransposePair:
+    """The outer Transpose, the inner one it reads, and the composed perm p1[p2]."""
+
+    outer: gs.Node
+    inner: gs.Node
+    perm: tuple[int, ...]
 
 
 def _perm(node: gs.Node) -> list[int] | None:
@@ -24,23 +35,22 @@ def _inner(node: gs.Node) -> gs.Node | None:
     return inner
 
 
-def _check(node, graph, ctx):
+def _match(node: gs.Node, graph: gs.Graph, ctx) -> TransposePair | Declined:
+    """The pair and its composed perm when the input is another Transpose's, else the reason it declines."""
     inner = _inner(node)
     if inner is None:
-        return "input is not produced by a Transpose"
+        return Declined("input is not produced by a Transpose")
     p1, p2 = _perm(inner), _perm(node)
     if p1 is None or p2 is None:
-        return "a perm is absent and the rank unknown"
+        return Declined("a perm is absent and the rank unknown")
     if len(p1) != len(p2):
-        return "perms of different lengths"
-    return None
+        return Declined("perms of different lengths")
+    return TransposePair(node, inner, tuple(p1[i] for i in p2))
 
 
-def _apply(node, graph, ctx):
-    inner = _inner(node)
-    p1, p2 = _perm(inner), _perm(node)
-    composed = [p1[i] for i in p2]
-    node.inputs[0] = inner.inputs[0]
+def _apply(m: TransposePair, graph: gs.Graph, ctx) -> None:
+    node, composed = m.outer, list(m.perm)
+    node.inputs[0] = m.inner.inputs[0]
     node.attrs["perm"] = composed
     if composed == list(range(len(composed))) and bypass_reason(node, graph) is None:
         bypass_node(node, graph)
@@ -57,4 +67,4 @@ class MergeTransposes(RewritePass):
     the identity perm is kept (one node instead of two).
     """
 
-    rewrites = [Rewrite("transpose_transpose", ("Transpose",), default_domain(_check), _apply)]
+    rewrites = [MatchRewrite("transpose_transpose", ("Transpose",), default_domain_match(_match), _apply)]

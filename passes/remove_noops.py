@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import helper
@@ -17,7 +19,7 @@ from onnxopt.ir import (
     shape_of,
 )
 from onnxopt.pass_manager import register_pass
-from onnxopt.rewrite import Rewrite, RewritePass
+from onnxopt.rewrite import Declined, MatchRewrite, Rewrite, RewritePass, default_domain_match
 
 INT64_MAX = np.iinfo(np.int64).max
 INT32_MAX = np.iinfo(np.int32).max
@@ -218,10 +220,16 @@ def _neutral_operand(node: gs.Node) -> tuple[int | None, str | None]:
     return None, f"no operand is a constant {neutral}"
 
 
-def _check_arith(node, graph, ctx):
-    xi, reason = _neutral_operand(node)
-    if xi is None:
-        return reason
+@dataclass(frozen=True)
+class NeutralMatch:
+    """The x + 0 / x * 1 ... node and the index of its variable input x."""
+
+    node: gs.Node
+    x_index: int
+
+
+def _neutral_reason(node: gs.Node, graph: gs.Graph, xi: int) -> str | None:
+    """Why the node with variable input ``xi`` and a neutral constant is not bypassed, or None."""
     x, c = node.inputs[xi], node.inputs[1 - xi]
     cshape = list(constant_value(c).shape)
     xshape = shape_of(x)
@@ -243,14 +251,21 @@ def _check_arith(node, graph, ctx):
     return bypass_reason(node, graph, input_index=xi)
 
 
+def _match_arith(node: gs.Node, graph: gs.Graph, ctx) -> NeutralMatch | Declined:
+    xi, reason = _neutral_operand(node)
+    if xi is None:
+        return Declined(reason)
+    reason = _neutral_reason(node, graph, xi)
+    return Declined(reason) if reason is not None else NeutralMatch(node, xi)
+
+
 def _apply(node, graph, ctx):
     reason = bypass_node(node, graph)
     assert reason is None, reason
 
 
-def _apply_arith(node, graph, ctx):
-    xi, _ = _neutral_operand(node)
-    reason = bypass_node(node, graph, input_index=xi)
+def _apply_arith(m: NeutralMatch, graph: gs.Graph, ctx) -> None:
+    reason = bypass_node(m.node, graph, input_index=m.x_index)
     assert reason is None, reason
 
 
@@ -289,7 +304,7 @@ class RemoveNoOps(RewritePass):
         Rewrite("expand", ("Expand",), default_domain(_check_expand), _apply),
         Rewrite("concat", ("Concat",), default_domain(_check_single_input), _apply),
         Rewrite("split", ("Split",), default_domain(_check_split), _apply),
-        Rewrite("neutral_arith", ("Add", "Sub", "Mul", "Div"), default_domain(_check_arith), _apply_arith),
+        MatchRewrite("neutral_arith", ("Add", "Sub", "Mul", "Div"), default_domain_match(_match_arith), _apply_arith),
     ]
 
 

@@ -6,8 +6,8 @@ by group), a Gemm or a MatMul with a constant 2-D weight into ``y[p, g, c] = x[p
 sampled output positions ``p`` (im2col rows for a Conv), and the collection here streams calibration feeds through
 onnxruntime to get those rows:
 
-- ``capture`` / ``stream``: the chosen intermediate tensors per feed, from ``proto`` cut down to what computes them
-  (``cut_model``), one feed at a time, so memory holds one feed's tensors, never all of them;
+- ``capture`` (``model_capture``): the chosen intermediate tensors per feed, from ``proto`` cut down to what
+  computes them (``cut_model``), one feed at a time, so memory holds one feed's tensors, never all of them;
 - ``RowPlan``: the output positions each layer samples in each feed (fixed before any capture, in layer order, so
   the float model's targets and the fitted model's inputs are taken at the same places);
 - ``targets``: one pass over the feeds on the float model gives every layer's sampled output rows (and, when asked,
@@ -16,121 +16,38 @@ onnxruntime to get those rows:
 
 Quantized models are captured with onnxruntime's graph optimizations off (``optimize=False``): Q/DQ then run as
 the spec says, in float, the same on every host, instead of this CPU's fused int8 kernels.
-The solvers (ridge least squares, the SeqMSE grid, AdaRound) are in ``layerwise_solvers``.
+The capture helpers (``capture``, ``cut_model``, ``calibration_feeds``, ``capture_stats``, ``channel_ranges``,
+``output_error``) live in ``model_capture`` and are re-exported here; the solvers (ridge least squares, the SeqMSE
+grid, AdaRound) are in ``layerwise_solvers``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import helper
 
-from onnxopt.pass_manager import PassContext
 from onnxopt.verify import ort_session
+
+from .model_capture import (  # the capture helpers live in model_capture; callers import them from here too
+    ChannelRange,  # noqa: F401
+    Feed,
+    calibration_feeds,  # noqa: F401
+    capture,
+    capture_stats,  # noqa: F401
+    channel_ranges,  # noqa: F401
+    cut_model,
+    judged_tensors,  # noqa: F401
+    output_error,  # noqa: F401
+)
 
 log = logging.getLogger(__name__)
 
-Feed = dict[str, np.ndarray]
 FITTABLE = ("Conv", "Gemm", "MatMul")
-
-
-def calibration_feeds(proto: onnx.ModelProto, ctx: PassContext, limit: int) -> list[Feed] | None:
-    """Up to ``limit`` feeds from ``ctx.calibration`` or the ``calibration`` option; None when there is none."""
-    source = ctx.calibration if ctx.calibration is not None else ctx.option("calibration")
-    if source is None:
-        return None
-    from onnxopt.calibration import input_specs_of, open_calibration_data
-
-    data = open_calibration_data(source, input_specs_of(proto))
-    feeds = []
-    for feed in data:
-        feeds.append(dict(feed))
-        if len(feeds) >= limit:
-            break
-    return feeds or None
-
-
-def cut_model(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """``proto`` cut down to what computes ``names``, which become its only outputs (a re-fit reads one tensor
-    at a time: running the rest of the model for it made capturing most of the re-fit time)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    g = m.graph
-    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
-    if any(n.op_type in ("If", "Loop", "Scan") for n in g.node):  # outer-scope reads: keep the whole graph
-        needed_nodes = list(g.node)
-    else:
-        need, needed_nodes = set(names), []
-        for node in reversed(g.node):
-            if any(o in need for o in node.output):
-                needed_nodes.append(node)
-                need.update(i for i in node.input if i)
-        needed_nodes.reverse()
-        used = {i for n in needed_nodes for i in n.input}
-        keep_inits = [t for t in g.initializer if t.name in used]
-        del g.initializer[:]
-        g.initializer.extend(keep_inits)
-    del g.node[:]
-    g.node.extend(needed_nodes)
-    del g.output[:]
-    g.output.extend(helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None) for n in names)
-    return m
-
-
-def capture(proto: onnx.ModelProto, feeds: Iterable[Feed], names: Sequence[str], optimize: bool = True
-            ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield, per feed, ``{name: value}`` of the chosen intermediate tensors (onnxruntime; tensors asked for are
-    graph outputs, which its graph optimizations keep)."""
-    names = list(names)
-    sess = ort_session(cut_model(proto, names), optimize=optimize)
-    known = {i.name for i in sess.get_inputs()}
-    for feed in feeds:
-        yield dict(zip(names, sess.run(names, {k: v for k, v in feed.items() if k in known}), strict=True))
-
-
-def capture_stats(proto: onnx.ModelProto, feeds: Iterable[Feed], axes: dict[str, int]
-                  ) -> dict[str, dict[str, np.ndarray]]:
-    """Per-channel mean |x| and mean x^2 of each tensor in ``axes`` (name -> channel axis) over the feeds."""
-    acc: dict[str, dict[str, Any]] = {}
-    for values in capture(proto, feeds, list(axes)):
-        for name, v in values.items():
-            x = np.moveaxis(np.asarray(v, dtype=np.float64), axes[name], 0).reshape(v.shape[axes[name]], -1)
-            s = acc.setdefault(name, {"abs": 0.0, "sq": 0.0, "n": 0})
-            s["abs"] = s["abs"] + np.abs(x).sum(1)
-            s["sq"] = s["sq"] + (x * x).sum(1)
-            s["n"] += x.shape[1]
-    return {k: {"abs": s["abs"] / s["n"], "sq": s["sq"] / s["n"]} for k, s in acc.items()}
-
-
-@dataclass(frozen=True)
-class ChannelRange:
-    """Per-channel minimum, maximum and mean of a tensor over the calibration feeds."""
-
-    low: np.ndarray
-    high: np.ndarray
-    mean: np.ndarray
-
-
-def channel_ranges(proto: onnx.ModelProto, feeds: Sequence[Feed], names: Sequence[str], axis: int = 1
-                   ) -> dict[str, ChannelRange]:
-    """``ChannelRange`` of each tensor in ``names`` along ``axis``, streamed over the feeds."""
-    acc: dict[str, list[Any]] = {}
-    for values in capture(proto, feeds, names):
-        for name, v in values.items():
-            x = np.moveaxis(np.asarray(v, dtype=np.float64), axis, 0).reshape(v.shape[axis], -1)
-            if name not in acc:
-                acc[name] = [x.min(1), x.max(1), x.sum(1), x.shape[1]]
-            else:
-                a = acc[name]
-                a[0], a[1] = np.minimum(a[0], x.min(1)), np.maximum(a[1], x.max(1))
-                a[2], a[3] = a[2] + x.sum(1), a[3] + x.shape[1]
-    return {k: ChannelRange(a[0], a[1], a[2] / max(a[3], 1)) for k, a in acc.items()}
 
 
 @dataclass(frozen=True)
@@ -392,35 +309,3 @@ def inputs(proto: onnx.ModelProto, feeds: Sequence[Feed], layer: Layer, name: st
         got.sums.append(s)
         got.counts.append(n)
     return got
-
-
-def judged_tensors(reference: onnx.ModelProto) -> list[str]:
-    """What ``output_error`` compares: the graph outputs, a Softmax's input (the logits) in place of its output (on
-    confident samples probabilities saturate, and their error says nothing of the logits' error)."""
-    producers = {o: n for n in reference.graph.node for o in n.output}
-    out = []
-    for o in reference.graph.output:
-        p = producers.get(o.name)
-        out.append(p.input[0] if p is not None and p.op_type == "Softmax" and p.input[0] not in
-                   {i.name for i in reference.graph.input} else o.name)
-    return list(dict.fromkeys(out))
-
-
-def output_error(reference: onnx.ModelProto, model: onnx.ModelProto, feeds: Sequence[Feed]) -> float:
-    """sum over ``judged_tensors`` and ``feeds`` of (model - reference)^2 / reference^2: how far ``model`` (run with
-    Q/DQ in float, as the spec says) is from the float ``reference``. ``model`` must have the reference's tensor
-    names; where it lacks a judged tensor (a lowering renamed it) the graph outputs are compared instead."""
-    names = judged_tensors(reference)
-    have = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
-    if not set(names) <= have:  # a rewrite after quantization renamed the logits: compare the outputs themselves
-        names = [o.name for o in reference.graph.output]
-    ref_s, got_s = ort_session(cut_model(reference, names)), ort_session(cut_model(model, names), optimize=False)
-    known = {i.name for i in ref_s.get_inputs()}
-    num = den = 0.0
-    for feed in feeds:
-        f = {k: v for k, v in feed.items() if k in known}
-        for r, g in zip(ref_s.run(names, f), got_s.run(names, f), strict=True):
-            r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
-            num, den = num + float(np.sum((g - r) ** 2)), den + float(np.sum(r * r))
-    return num / max(den, 1e-30)
-
