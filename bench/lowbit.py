@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from quantize_vs_ort import latencies_ms, session  # bench/ is on the path: scripts run as bench/NAME.py
 
+from onnxopt.budget import cosine
 from onnxopt.models import datasets
 from onnxopt.models.fetch import fetch
 from onnxopt.models.zoo import build, sample_inputs
@@ -77,11 +78,6 @@ def run_all(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
 
 def worst_cosine(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
     return min(cosine(r, g) for r, g in zip(ref, got, strict=True))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
 def ours(proto: onnx.ModelProto, fmt: str, calib: list[dict], target: str = "x86-vnni", **extra) -> onnx.ModelProto:

@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from plan_models import CASES, Case, outputs  # noqa: E402
 from quantize_vs_ort import latencies_ms  # noqa: E402
 
+from onnxopt.budget import cosine  # noqa: E402
+
 
 def zoo_bert(n_calib: int, n_test: int) -> Case:
     from onnxopt.models.zoo import build, sample_inputs
@@ -66,8 +68,7 @@ def cosines(model: onnx.ModelProto, fp32: onnx.ModelProto, feeds: list[dict]) ->
     vals = []
     for a, b in zip(outputs(model, feeds), outputs(fp32, feeds), strict=True):
         for x, y in zip(a, b, strict=True):
-            x, y = np.ravel(x).astype(np.float64), np.ravel(y).astype(np.float64)
-            vals.append(float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30)))
+            vals.append(cosine(y, x))
     return float(np.mean(vals)), float(np.min(vals))
 
 

@@ -89,6 +89,22 @@ def weight_params(w: np.ndarray, q: TensorQuant, axis: int | None) -> tuple[np.n
     return qw.astype(q.np_dtype), scale, zp
 
 
+def dequantized_weight(w: np.ndarray, q: TensorQuant, axis: int | None, dtype: type = np.float32) -> np.ndarray:
+    """``w`` on the grid ``weight_params`` quantizes it to, back in float (what the int8 kernel multiplies by)."""
+    qw, scale, zp = weight_params(w, q, axis)
+    shape = [1] * np.ndim(w)
+    if axis is not None:
+        shape[axis] = -1
+    return (qw.astype(dtype) - zp.astype(dtype).reshape(shape)) * scale.astype(dtype).reshape(shape)
+
+
+def dequantized_activation(x: np.ndarray, lo: float, hi: float, q: TensorQuant) -> np.ndarray:
+    """``x`` through per-tensor quantization of the range [lo, hi] (``activation_params``) and back, in float32."""
+    scale, zp = activation_params(lo, hi, q)
+    qmin, qmax = q.qrange
+    return ((np.clip(np.round(x / scale) + zp, qmin, qmax) - zp) * scale).astype(np.float32)
+
+
 class QDQWriter:
     """Writes the Q/DQ nodes of one quantization run: names come from ``namer``, counts go to ``stats``, weight
     parameters to ``params``, declines to ``ctx`` under ``pass_name``. ``dq`` maps id(DequantizeLinear output) to

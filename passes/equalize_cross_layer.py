@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.analysis.layerwise import calibration_feeds, channel_ranges
+from onnxopt.analysis.model_capture import calibration_feeds, channel_ranges, read_once
 from onnxopt.ir import Model, constant_value, iter_graphs, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 from onnxopt.quant_scheme import TensorQuant
 from onnxopt.recovery import LayerError, recovery_report
 
-from ._qdq import weight_params
+from ._qdq import dequantized_weight
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,7 @@ class EqualizeCrossLayer(Pass):
             pairs += find_pairs(g, decline)
         clipped = [p for p in pairs if p.clip_max is not None]
         feeds = None
-        once = ctx.calibration is not None and not getattr(ctx.calibration, "reiterable", True)  # quantizing reads it
-        if (clipped and relu6 == "auto" or bool(ctx.option("cle_absorb", True))) and not once:
+        if (clipped and relu6 == "auto" or bool(ctx.option("cle_absorb", True))) and not read_once(ctx):
             feeds = calibration_feeds(model.to_onnx(), ctx, int(ctx.option("recover_samples") or 32))
         if clipped and relu6 != "relu":
             highs = self._ranges(model, feeds, [p for p in clipped if id(p.a) in main]) if relu6 == "auto" else {}
@@ -284,9 +283,7 @@ class EqualizeCrossLayer(Pass):
 
     def _werr(self, w: np.ndarray) -> float:
         q = self.weights
-        qw, scale, zp = weight_params(w, q, 0 if q.per_channel else None)
-        shape = [-1, 1, 1, 1] if scale.size > 1 else [1, 1, 1, 1]
-        deq = (qw.astype(np.float64) - zp.reshape(shape)) * scale.reshape(shape)
+        deq = dequantized_weight(w, q, 0 if q.per_channel else None, np.float64)
         err = ((deq - w) ** 2).reshape(len(w), -1).sum(1)
         return float(np.mean(err / np.maximum((w * w).reshape(len(w), -1).sum(1), 1e-30)))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.ir import constant_value, is_graph_output, iter_graphs, opset_of, producer, shape_of
+from onnxopt.ir import DEFAULT_DOMAINS, constant_value, is_graph_output, iter_graphs, opset_of, producer, shape_of
 from onnxopt.pass_manager import register_pass
 from onnxopt.rewrite import Declined, MatchRewrite, RewritePass, default_domain_match
 
@@ -35,7 +35,7 @@ class HardMatch:
 
 
 def _is_default(node: gs.Node | None) -> bool:
-    return node is not None and node.domain in (None, "", "ai.onnx")
+    return node is not None and node.domain in (None, *DEFAULT_DOMAINS)
 
 
 def _scalar(t: gs.Tensor, x: gs.Tensor, value: float) -> bool:

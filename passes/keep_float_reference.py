@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from onnxopt.analysis.layerwise import calibration_feeds
+from onnxopt.analysis.model_capture import calibration_feeds, read_once
 from onnxopt.ir import Model
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
 from onnxopt.recovery import FloatReference
@@ -29,7 +29,7 @@ class KeepFloatReference(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         proto = model.to_onnx()
-        if ctx.calibration is not None and not getattr(ctx.calibration, "reiterable", True):
+        if read_once(ctx):
             ctx.decline(self.name, "model", "calibration data can be read only once (quantization reads it): "
                         "no recovery; pass an .npz or a list of feeds")
             return PassResult(False, {})

@@ -40,6 +40,15 @@ from onnxopt.weights import release_tensor
 
 from .quantize_static import _is_float, _Names, weight_params
 
+# DynamicQuantizeLinear's activations: uint8 asymmetric over each run's own range
+DYNAMIC_ACTIVATIONS = TensorQuant(dtype="uint8", symmetric=False)
+
+
+def dynamic_weight_quant(scheme: QuantScheme, per_channel: bool = True) -> TensorQuant:
+    """The weights QuantizeDynamic writes: symmetric int8, per output column by default, in the scheme's range
+    (7-bit where the target's u8 x s8 kernels saturate)."""
+    return TensorQuant(dtype="int8", symmetric=True, per_channel=per_channel, reduce_range=scheme.weights.reduce_range)
+
 
 @register_pass
 class QuantizeDynamic(Pass):
@@ -62,10 +71,7 @@ class QuantizeDynamic(Pass):
         scheme: QuantScheme = plan_scheme or ctx.option("scheme") or QuantScheme()
         excl_ops = set(ctx.option("exclude_ops") or ())
         excl_nodes = set(ctx.option("exclude_nodes") or ()) | set(scheme.exclude_nodes)
-        per_channel = bool(ctx.option("dynamic_per_channel", True))
-        # the scheme's weight range holds here too: 7-bit weights where the target's u8 x s8 kernels saturate
-        wq = TensorQuant(dtype="int8", symmetric=True, per_channel=per_channel,
-                         reduce_range=scheme.weights.reduce_range)
+        wq = dynamic_weight_quant(scheme, bool(ctx.option("dynamic_per_channel", True)))
         namer = _Names(model.graph)
         params: dict[str, dict[str, Any]] = ctx.setdefault_state(QuantParams).tensors
         planned = self._planned(model, ctx)

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.analysis.layerwise import calibration_feeds, capture
-from onnxopt.ir import Model, constant_value, unique_name
+from onnxopt.analysis.model_capture import calibration_feeds, capture, read_once
+from onnxopt.ir import DEFAULT_DOMAINS, Model, constant_value, iter_graphs, unique_name
 from onnxopt.pass_manager import Pass, PassContext, PassResult, register_pass
-from onnxopt.quant_scheme import QuantScheme
+from onnxopt.quant_scheme import QuantScheme, TensorQuant
 from onnxopt.recovery import LayerError, recovery_report
 
-from ._qdq import weight_params
+from ._qdq import dequantized_activation, dequantized_weight
+from .quantize_dynamic import DYNAMIC_ACTIVATIONS, dynamic_weight_quant
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class _Group:
 
 def _reader_weight(node: gs.Node, tensor: gs.Tensor) -> tuple[np.ndarray | None, str]:
     """The [K, N] weight when ``node`` reads ``tensor`` as its activation (first input), else why not."""
-    if node.domain not in (None, "", "ai.onnx") or node.op not in ("MatMul", "Gemm"):
+    if node.domain not in (None, *DEFAULT_DOMAINS) or node.op not in ("MatMul", "Gemm"):
         return None, f"read by {node.op}"
     if len(node.inputs) < 2 or node.inputs[0] is not tensor or node.inputs[1] is tensor:
         return None, f"{node.op} '{node.name}' reads it as its weight"
@@ -74,19 +75,20 @@ def find_groups(graph: gs.Graph, decline: Callable[[str, str], None]) -> list[_G
                 weights.append(w)
             elif user.op in ("MatMul", "Gemm"):
                 decline(a.name, why)
-        if readers and len({w.shape[0] for w in weights}) == 1:
+        if len({w.shape[0] for w in weights}) > 1:
+            decline(a.name, "its readers' weights differ in K")
+        elif readers:
             groups[id(a)] = _Group(a, readers, weights)
     return list(groups.values())
 
 
-def _quantize_rows(x: np.ndarray, per_sample: bool, lo_hi: tuple[float, float]) -> np.ndarray:
-    """x through uint8 asymmetric per-tensor quantization (range of x itself when ``per_sample``: onnxruntime's
-    DynamicQuantizeLinear; else the calibrated range)."""
-    lo, hi = (float(x.min()), float(x.max())) if per_sample else lo_hi
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 or 1.0
-    zp = np.round(-lo / scale)
-    return (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale
+def decline_subgraphs(graph: gs.Graph, decline: Callable[[str, str], None]) -> None:
+    """Weighted MatMul/Gemm inside If/Loop/Scan bodies: not smoothed (calibration captures the main graph only)."""
+    for sub in list(iter_graphs(graph))[1:]:
+        for node in sub.nodes:
+            if node.op in ("MatMul", "Gemm") and len(node.inputs) > 1 and constant_value(node.inputs[1]) is not None:
+                decline(node.inputs[0].name, f"read by {node.op} '{node.name}' in a subgraph: calibration captures "
+                        "the main graph only")
 
 
 class _Simulation:
@@ -94,22 +96,22 @@ class _Simulation:
     as the scheme does, for a given smoothing vector."""
 
     def __init__(self, samples: list[np.ndarray], weights: list[np.ndarray], scheme: QuantScheme, dynamic: bool):
-        self.samples, self.weights, self.scheme, self.dynamic = samples, weights, scheme, dynamic
+        self.samples, self.weights, self.dynamic = samples, weights, dynamic
+        # as the quantizer will: QuantizeDynamic's weights and DynamicQuantizeLinear's uint8 range per sample, or
+        # the scheme's weights and activations over the calibrated range
+        self.wq: TensorQuant = dynamic_weight_quant(scheme) if dynamic else scheme.weights
+        self.aq: TensorQuant = DYNAMIC_ACTIVATIONS if dynamic else scheme.activations
         self.refs = [[x @ w for w in weights] for x in samples]
         self.total = sum(float(np.sum(r * r)) for rs in self.refs for r in rs)
 
     def error(self, s: np.ndarray) -> float:
-        q = self.scheme.weights
-        wq = []
-        for w in self.weights:
-            ws = w * s[:, None]
-            qw, scale, zp = weight_params(ws, q, 1 if q.per_channel else None)
-            wq.append((qw.astype(np.float32) - zp.astype(np.float32)) * scale.astype(np.float32))
+        axis = 1 if self.wq.per_channel else None
+        wq = [dequantized_weight(w * s[:, None], self.wq, axis) for w in self.weights]
         scaled = [x / s for x in self.samples]
-        lo_hi = (min(float(x.min()) for x in scaled), max(float(x.max()) for x in scaled))
+        lo, hi = min(float(x.min()) for x in scaled), max(float(x.max()) for x in scaled)
         err = 0.0
         for x, refs in zip(scaled, self.refs, strict=True):
-            xq = _quantize_rows(x, self.dynamic, lo_hi).astype(np.float32)
+            xq = dequantized_activation(x, *((float(x.min()), float(x.max())) if self.dynamic else (lo, hi)), self.aq)
             err += sum(float(np.sum((xq @ w - r) ** 2)) for w, r in zip(wq, refs, strict=True))
         return err / max(self.total, 1e-30)
 
@@ -140,9 +142,10 @@ class SmoothActivations(Pass):
     ``quantized_as(model, has_data)``: the target's rule for how this model's activations will be quantized:
     ``"dynamic"``, ``"static"``, or None to leave the model alone (the default recipe smooths only what it
     quantizes dynamically); not given: dynamic.
-    Declines: no calibration data (or data that can be read once only); groups in subgraphs (not calibrated here);
-    readers with transposed A, alpha != 1, non-constant or non-float32 weights; readers whose K differ; groups where
-    no alpha helps (kept as they are, reported).
+    Declines (each logged): no calibration data (or data that can be read once only); weighted MatMul/Gemm in
+    If/Loop/Scan bodies (calibration captures the main graph only); readers with transposed A, alpha != 1,
+    non-constant or non-float32 weights (the others of the group are still smoothed; these read A as before);
+    readers whose K differ; activations where no alpha helps (kept as they are, reported).
     """
 
     lossless = False
@@ -152,8 +155,7 @@ class SmoothActivations(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         start = time.perf_counter()
-        once = ctx.calibration is not None and not getattr(ctx.calibration, "reiterable", True)
-        has_data = (ctx.calibration is not None or ctx.option("calibration") is not None) and not once
+        has_data = (ctx.calibration is not None or ctx.option("calibration") is not None) and not read_once(ctx)
         mode = self.quantized_as(model, has_data) if self.quantized_as is not None else "dynamic"
         if mode not in ("dynamic", "static"):
             return PassResult(False, {})
@@ -164,6 +166,7 @@ class SmoothActivations(Pass):
         def decline(where: str, reason: str) -> None:
             ctx.decline(self.name, f"tensor '{where}'", reason)
 
+        decline_subgraphs(model.graph, decline)
         groups = find_groups(model.graph, decline)
         if not groups:
             return PassResult(False, {})

@@ -1,6 +1,7 @@
 """Calibration feeds streamed through onnxruntime: intermediate tensors, their statistics, the output error.
 
-- ``calibration_feeds``: up to a number of feeds from the context's calibration data;
+- ``calibration_feeds``: up to a number of feeds from the context's calibration data (``read_once``: whether
+  reading them would consume what quantization needs);
 - ``cut_model`` / ``capture``: the chosen intermediate tensors per feed, from ``proto`` cut down to what computes
   them, one feed at a time, so memory holds one feed's tensors, never all of them;
 - ``capture_stats`` / ``channel_ranges``: per-channel statistics of tensors, streamed over the feeds;
@@ -39,6 +40,12 @@ def calibration_feeds(proto: onnx.ModelProto, ctx: PassContext, limit: int) -> l
         if len(feeds) >= limit:
             break
     return feeds or None
+
+
+def read_once(ctx: PassContext) -> bool:
+    """Whether ``ctx.calibration`` can be read only once (a reader or generator): quantization reads it, so a pass
+    before quantization must not consume it."""
+    return ctx.calibration is not None and not getattr(ctx.calibration, "reiterable", True)
 
 
 def cut_model(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
